@@ -1,0 +1,39 @@
+# pyxapi: `make run` serves the API on this machine; `make test` runs every test.
+# Both install what is missing (a .venv, and as root the Debian packages the drivers need).
+PYTHON ?= python3
+VENV   ?= .venv
+PORT   ?= 8080
+TLS_PORT ?= 8443
+DATA   ?= ./var
+HYPERVISOR ?= auto
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test lint bench deps apt-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+apt-deps:
+	@sh scripts/install-debian-deps.sh
+
+run: deps apt-deps
+	$(BIN)/pyxapi serve --host 127.0.0.1 --port $(PORT) --tls-port $(TLS_PORT) --data-dir $(DATA) --hypervisor $(HYPERVISOR)
+
+test: deps apt-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: deps
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/mypy
+
+bench: deps
+	$(BIN)/python bench/api.py
+
+clean:
+	rm -rf $(VENV) var
