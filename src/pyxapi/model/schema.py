@@ -75,7 +75,7 @@ class MessageDef:
         return n
 
 
-@dataclass(slots=True)
+@dataclass
 class ClassDef:
     name: str
     state: str
@@ -90,8 +90,8 @@ class ClassDef:
 
     @cached_property
     def record_fields(self) -> tuple[FieldDef, ...]:
-        """Fields that appear in API records (internal_only ones never do)."""
-        return tuple(f for f in self.fields.values() if not f.internal_only)
+        """Fields that appear in API records: never internal_only ones, nor those the API removed."""
+        return tuple(f for f in self.fields.values() if not f.internal_only and f.state != "removed")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,24 @@
+"""Hand-written messages, one module per class, wired here explicitly."""
+
+from __future__ import annotations
+
+from pyxapi.api.dispatch import Handler
+from pyxapi.model.schema import Model
+from pyxapi.ops import blob, event, host, message, role, secret, session, task
+
+
+def custom_handlers(model: Model) -> dict[str, dict[str, Handler]]:
+    registry: dict[str, dict[str, Handler]] = {
+        "session": dict(session.MESSAGES),
+        "task": dict(task.MESSAGES),
+        "event": dict(event.MESSAGES),
+        "message": dict(message.MESSAGES),
+        "blob": dict(blob.MESSAGES),
+        "secret": dict(secret.MESSAGES),
+        "role": dict(role.MESSAGES),
+        "host": dict(host.MESSAGES),
+    }
+    for cdef in model.classes.values():
+        if "create_new_blob" in cdef.messages:
+            registry.setdefault(cdef.name, {})["create_new_blob"] = blob.create_new_blob_for(cdef.name)
+    return registry

@@ -1,0 +1,176 @@
+"""`pyxapi` command: serve the API, manage local accounts. The explicit wiring lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from pyxapi.api.app import make_app
+from pyxapi.api.dispatch import Dispatcher, build_methods
+from pyxapi.auth import ROOT_USER, AccountFile
+from pyxapi.context import Config, Context
+from pyxapi.db.sqlite import SqliteLog
+from pyxapi.db.store import Store
+from pyxapi.engine.events import EventService
+from pyxapi.engine.sessions import Sessions
+from pyxapi.engine.tasks import TaskRunner
+from pyxapi.hostinfo import read_host_facts
+from pyxapi.model.schema import ROLE_ORDER, load_model
+from pyxapi.ops import custom_handlers
+from pyxapi.ops.bootstrap import bootstrap
+from pyxapi.ops.implicit import implicit_handler
+from pyxapi.security import ensure_tls_certificate, generate_password, ssl_context
+from pyxapi.wire.marshal import Marshaller
+
+log = logging.getLogger("pyxapi")
+MAINTENANCE_INTERVAL = 60.0
+
+
+def build(config: Config) -> tuple[Context, Dispatcher]:
+    """Wire the model, store, sessions, tasks and handlers into one context."""
+    model = load_model()
+    store = Store(model, SqliteLog(config.data_dir / "db" / "state.db", config.durable_fsync))
+    store.load()
+    marshal = Marshaller(model)
+    accounts = AccountFile(config.data_dir / "accounts.json")
+    sessions = Sessions(store, accounts, config.max_sessions, config.session_idle_timeout)
+    tasks = TaskRunner(store, config.max_finished_tasks, config.finished_task_ttl)
+    ctx = Context(config, model, store, marshal, sessions, tasks, accounts)
+    ctx.services["events"] = EventService(model, store, marshal, config.event_batch_delay)
+    ctx.services["pool_secret"] = _pool_secret(config.data_dir)
+    bootstrap(ctx, read_host_facts())
+    sessions.host_ref = tasks.host_ref = ctx.host_ref
+    sessions.pool_ref = ctx.pool_ref
+    stored = {c.name for c in model.stored_classes()}
+    methods = build_methods(
+        model.messages(),
+        custom_handlers(model),
+        lambda m: implicit_handler(m, stored, model.classes[m.cls].fields),
+    )
+    return ctx, Dispatcher(ctx, methods)
+
+
+def _pool_secret(data_dir: Path) -> str:
+    path = data_dir / "pool_secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def ensure_root_account(accounts: AccountFile) -> str | None:
+    """Create root on first start; returns the password only when it was generated here."""
+    if ROOT_USER in accounts.load():
+        return None
+    given = os.environ.get("PYXAPI_ROOT_PASSWORD")
+    password = given or generate_password()
+    accounts.set_password(ROOT_USER, password, "pool-admin")
+    return None if given else password
+
+
+async def serve(config: Config) -> None:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    generated = ensure_root_account(AccountFile(config.data_dir / "accounts.json"))
+    ctx, dispatcher = build(config)
+    app = make_app(dispatcher, config.max_request_bytes)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    urls = []
+    await web.TCPSite(runner, config.host, config.port).start()
+    urls.append(f"http://{config.host}:{config.port}/")
+    if config.tls_port:
+        host_record = ctx.store.get("host", ctx.host_ref)
+        cert, key = ensure_tls_certificate(config.data_dir, host_record["hostname"], [config.host])
+        await web.TCPSite(runner, config.host, config.tls_port, ssl_context=ssl_context(cert, key)).start()
+        urls.append(f"https://{config.host}:{config.tls_port}/")
+    socket_path = config.unix_socket or config.data_dir / "xapi.sock"
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+    await web.UnixSite(runner, str(socket_path)).start()
+    os.chmod(socket_path, 0o600)
+    print(f"pyxapi: serving the XenAPI on {' and '.join(urls)} (and {socket_path})", flush=True)
+    if generated:
+        print(f"pyxapi: log in as root with password: {generated}  (shown once; change with `pyxapi passwd root`)")
+    else:
+        print("pyxapi: log in as root (password from PYXAPI_ROOT_PASSWORD or set with `pyxapi passwd root`)")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    maintenance = asyncio.create_task(_maintenance(ctx))
+    try:
+        await stop.wait()
+    finally:
+        maintenance.cancel()
+        await ctx.tasks.shutdown()
+        await runner.cleanup()
+
+
+async def _maintenance(ctx: Context) -> None:
+    while True:
+        await asyncio.sleep(MAINTENANCE_INTERVAL)
+        try:
+            ctx.sessions.expire_idle()
+            ctx.tasks.collect()
+        except Exception:
+            log.exception("maintenance pass failed")
+
+
+def _read_new_password(user: str) -> str:
+    if env := os.environ.get("PYXAPI_PASSWORD"):
+        return env
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"New password for {user}: ")
+    if getpass.getpass("Again: ") != first:
+        raise SystemExit("passwords differ")
+    return first
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pyxapi", description="pyxapi: a XenAPI toolstack")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the XenAPI")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--tls-port", type=int, default=8443, help="HTTPS port (0 disables)")
+    s.add_argument("--data-dir", type=Path, default=Path("/var/lib/pyxapi") if os.geteuid() == 0 else Path("var"))
+    s.add_argument("--hypervisor", default="auto")
+    s.add_argument("--unix-socket", type=Path)
+    s.add_argument("--log-level", default="INFO")
+    p = sub.add_parser("passwd", help="set a local account's password (offline; creates the account)")
+    p.add_argument("user")
+    p.add_argument("--role", choices=ROLE_ORDER)
+    p.add_argument("--data-dir", type=Path, default=Path("/var/lib/pyxapi") if os.geteuid() == 0 else Path("var"))
+    args = parser.parse_args(argv)
+    if args.command == "passwd":
+        AccountFile(args.data_dir / "accounts.json").set_password(args.user, _read_new_password(args.user), args.role)
+        print(f"password for {args.user} set")
+        return
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = Config(
+        data_dir=args.data_dir.resolve(),
+        host=args.host,
+        port=args.port,
+        tls_port=args.tls_port or None,
+        unix_socket=args.unix_socket,
+        hypervisor=args.hypervisor,
+    )
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()
