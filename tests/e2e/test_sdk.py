@@ -107,8 +107,12 @@ def test_get_all_records_where(xapi: XenAPI.Session) -> None:
         assert set(both) == {a, b}
         templates = x.VM.get_all_records_where('field "is_a_template" = "true" and field "name__label" = "where-a"')
         assert list(templates) == [a]
-        not_a = x.VM.get_all_records_where('not (field "name__label" = "where-a") and field "name__label" = "where-b"')
+        # xapi's `not` takes everything to its right, so the negation needs its own parentheses.
+        not_a = x.VM.get_all_records_where('(not field "name__label" = "where-a") and field "name__label" = "where-b"')
         assert list(not_a) == [b]
+        # read as not (a and a): everything but a (a tight `not` would give nothing at all)
+        everything_but = x.VM.get_all_records_where('not field "name__label" = "where-a" and field "name__label" = "where-a"')
+        assert a not in everything_but and b in everything_but
         assert len(x.VM.get_all_records_where("true")) == len(x.VM.get_all())
         assert failure(x.VM.get_all_records_where, 'field "name__label" ==')[0] == "INVALID_VALUE"
     finally:

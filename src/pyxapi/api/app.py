@@ -34,6 +34,9 @@ class RpcEndpoints:
             method, params = xmlrpc.parse_request(body)
         except WireError as e:
             return _bad_request(str(e))
+        if method == "system.listMethods":
+            # XML-RPC introspection answers bare, not in a Status struct.
+            return web.Response(body=xmlrpc.bare(self.dispatcher.list_methods()), content_type="text/xml")
         try:
             value = await self.dispatcher.call(method, params, "xml")
             payload = xmlrpc.success(value)

@@ -60,6 +60,7 @@ __all__ = [
     "Or",
     "TrueExpr",
     "Value",
+    "db_field_to_key",
     "evaluate",
     "field_names",
     "parse",

@@ -34,6 +34,10 @@ def failure(error: ApiError) -> bytes:
     return _response({"Status": "Failure", "ErrorDescription": error.description})
 
 
+def bare(value: Any) -> bytes:
+    return xmlrpc.client.dumps((value,), methodresponse=True, allow_none=True).encode()
+
+
 def _response(struct: dict[str, Any]) -> bytes:
     return xmlrpc.client.dumps((struct,), methodresponse=True, allow_none=True).encode()
 
