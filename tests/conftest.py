@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +22,5 @@ def xapi(daemon: Daemon) -> Iterator[XenAPI.Session]:
     session = XenAPI.Session(daemon.url)
     session.xenapi.login_with_password("root", ROOT_PASSWORD, "1.0", "pyxapi-tests")
     yield session
-    try:
+    with contextlib.suppress(Exception):
         session.xenapi.session.logout()
-    except Exception:
-        pass

@@ -41,17 +41,39 @@ class Daemon:
         env = dict(os.environ, PYXAPI_ROOT_PASSWORD=ROOT_PASSWORD, PYTHONUNBUFFERED="1")
         if not (self.data_dir / "accounts.json").exists():
             subprocess.run(
-                [sys.executable, "-m", "pyxapi.main", "passwd", READER[0], "--role", "read-only",
-                 "--data-dir", str(self.data_dir)],
-                env=dict(env, PYXAPI_PASSWORD=READER[1]), check=True, capture_output=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "pyxapi.main",
+                    "passwd",
+                    READER[0],
+                    "--role",
+                    "read-only",
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                env=dict(env, PYXAPI_PASSWORD=READER[1]),
+                check=True,
+                capture_output=True,
             )
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon owns it while it runs
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "pyxapi.main", "serve",
-                "--host", "127.0.0.1", "--port", str(self.port), "--tls-port", str(self.tls_port),
-                "--data-dir", str(self.data_dir), "--hypervisor", "sim",
+                sys.executable,
+                "-m",
+                "pyxapi.main",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--tls-port",
+                str(self.tls_port),
+                "--data-dir",
+                str(self.data_dir),
+                "--hypervisor",
+                "sim",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

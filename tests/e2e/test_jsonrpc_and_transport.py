@@ -42,7 +42,12 @@ def test_jsonrpc_v1(daemon: Daemon) -> None:
 def test_jsonrpc_v2(daemon: Daemon) -> None:
     _, ctype, reply = jsonrpc(
         daemon,
-        {"jsonrpc": "2.0", "method": "session.login_with_password", "params": ["root", ROOT_PASSWORD, "2.23", "t"], "id": 7},
+        {
+            "jsonrpc": "2.0",
+            "method": "session.login_with_password",
+            "params": ["root", ROOT_PASSWORD, "2.23", "t"],
+            "id": 7,
+        },
     )
     assert ctype == "application/json"
     assert set(reply) == {"jsonrpc", "result", "id"}  # no `error` member on success
@@ -51,7 +56,10 @@ def test_jsonrpc_v2(daemon: Daemon) -> None:
     assert reply == {"jsonrpc": "2.0", "error": {"code": 1, "message": "UUID_INVALID", "data": ["VM", "nope"]}, "id": 8}
     _, _, reply = jsonrpc(daemon, {"jsonrpc": "2.0", "method": "VM.no_such", "params": [session], "id": 9})
     assert reply["error"]["message"] == "MESSAGE_METHOD_UNKNOWN"
-    vm = jsonrpc(daemon, {"jsonrpc": "2.0", "method": "VM.create", "params": [session, {"name_label": "j", "VCPUs_max": 3}], "id": 10})[2]["result"]
+    vm = jsonrpc(
+        daemon,
+        {"jsonrpc": "2.0", "method": "VM.create", "params": [session, {"name_label": "j", "VCPUs_max": 3}], "id": 10},
+    )[2]["result"]
     rec = jsonrpc(daemon, {"jsonrpc": "2.0", "method": "VM.get_record", "params": [session, vm], "id": 11})[2]["result"]
     assert rec["VCPUs_max"] == 3 and rec["name_label"] == "j"
     # event.from through JSON: valid_ref_counts are numbers, the token a string

@@ -82,7 +82,13 @@ def test_create_get_set_add_remove(xapi: XenAPI.Session) -> None:
     assert x.VM.get_name_label(vm) == "sdk-vm-2"
     x.VM.add_to_other_config(vm, "k", "v")
     assert x.VM.get_other_config(vm) == {"k": "v"}
-    assert failure(x.VM.add_to_other_config, vm, "k", "w") == ["MAP_DUPLICATE_KEY", "VM", "other_config", rec["uuid"], "k"]
+    assert failure(x.VM.add_to_other_config, vm, "k", "w") == [
+        "MAP_DUPLICATE_KEY",
+        "VM",
+        "other_config",
+        rec["uuid"],
+        "k",
+    ]
     x.VM.remove_from_other_config(vm, "k")
     assert x.VM.get_other_config(vm) == {}
     x.VM.add_tags(vm, "t1")
@@ -111,7 +117,9 @@ def test_get_all_records_where(xapi: XenAPI.Session) -> None:
         not_a = x.VM.get_all_records_where('(not field "name__label" = "where-a") and field "name__label" = "where-b"')
         assert list(not_a) == [b]
         # read as not (a and a): everything but a (a tight `not` would give nothing at all)
-        everything_but = x.VM.get_all_records_where('not field "name__label" = "where-a" and field "name__label" = "where-a"')
+        everything_but = x.VM.get_all_records_where(
+            'not field "name__label" = "where-a" and field "name__label" = "where-a"'
+        )
         assert a not in everything_but and b in everything_but
         assert len(x.VM.get_all_records_where("true")) == len(x.VM.get_all())
         assert failure(x.VM.get_all_records_where, 'field "name__label" ==')[0] == "INVALID_VALUE"
@@ -209,10 +217,17 @@ def test_the_generic_errors(daemon: Daemon, xapi: XenAPI.Session) -> None:
     vm = x.VM.get_all()[0]
     assert failure(x.VM.set_VCPUs_max, vm, "many") == ["FIELD_TYPE_ERROR", "value"]
     assert failure(x.VM.get_record, "OpaqueRef:00000000-0000-0000-0000-000000000000") == [
-        "HANDLE_INVALID", "VM", "OpaqueRef:00000000-0000-0000-0000-000000000000"]
+        "HANDLE_INVALID",
+        "VM",
+        "OpaqueRef:00000000-0000-0000-0000-000000000000",
+    ]
     assert failure(x.VM.get_by_uuid, "no-such-uuid") == ["UUID_INVALID", "VM", "no-such-uuid"]
     assert failure(x.VM.get_is_snapshot_from_vmpp, vm) == ["MESSAGE_REMOVED"]
-    assert failure(x.VM.start, vm, False, False)[0] in ("NOT_IMPLEMENTED", "VM_BAD_POWER_STATE", "OPERATION_NOT_ALLOWED")
+    assert failure(x.VM.start, vm, False, False)[0] in (
+        "NOT_IMPLEMENTED",
+        "VM_BAD_POWER_STATE",
+        "OPERATION_NOT_ALLOWED",
+    )
     # The SDK turns SESSION_INVALID into a re-login; on the wire it is the plain failure.
     raw = xmlrpc.client.ServerProxy(daemon.url, allow_none=True)
     reply = raw.VM.get_all("OpaqueRef:stale")
@@ -227,7 +242,10 @@ def test_rbac_read_only_user(daemon: Daemon, xapi: XenAPI.Session) -> None:
         assert vms
         vm = next(iter(vms))
         assert failure(reader.xenapi.VM.set_name_label, vm, "nope") == [
-            "RBAC_PERMISSION_DENIED", "VM.set_name_label", "No permission in user session"]
+            "RBAC_PERMISSION_DENIED",
+            "VM.set_name_label",
+            "No permission in user session",
+        ]
         assert failure(reader.xenapi.VM.create, {"name_label": "x"})[0] == "RBAC_PERMISSION_DENIED"
         assert reader.xenapi.session.get_is_local_superuser(reader._session) is False
     finally:

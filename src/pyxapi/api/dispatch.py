@@ -94,7 +94,7 @@ class Dispatcher:
     def list_methods(self) -> list[str]:
         names = [n for n, m in self.methods.items() if m.message.state != "removed"]
         names += [ASYNC_PREFIX + n for n, m in self.methods.items() if m.message.is_async]
-        return sorted(names) + ["system.listMethods"]
+        return [*sorted(names), "system.listMethods"]
 
     async def call(self, name: str, params: list[Any], fmt: Format) -> Any:
         """Run one API call; returns the wire value, raises ApiError for every failure."""

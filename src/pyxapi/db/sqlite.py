@@ -50,9 +50,7 @@ class SqliteLog:
                 )
             if commit.deletes:
                 db.executemany("DELETE FROM objects WHERE cls=? AND ref=?", commit.deletes)
-            db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('generation', ?)", (str(commit.generation),)
-            )
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generation', ?)", (str(commit.generation),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -321,7 +321,9 @@ class Store:
             self._log.commit(commit)
         self._publish(gen, [(cls, ref, tx.before[(cls, ref)] is None) for cls, ref in tx.touched])
 
-    def apply_external(self, generation: int, upserts: list[tuple[str, str, Record]], deletes: list[tuple[str, str]]) -> None:
+    def apply_external(
+        self, generation: int, upserts: list[tuple[str, str, Record]], deletes: list[tuple[str, str]]
+    ) -> None:
         """Install changes another writer already committed to the shared log (pools)."""
         touched = []
         for cls, ref, stored in upserts:

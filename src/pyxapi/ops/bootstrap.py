@@ -120,7 +120,8 @@ def _create_control_domain(store: Store, host: str, facts: HostFacts) -> str:
 def _create_roles(store: Store) -> None:
     for name in ROLE_ORDER:
         store.create(
-            "role", {"name_label": name, "name_description": ROLE_DESCRIPTIONS[name], "subroles": [], "is_internal": False}
+            "role",
+            {"name_label": name, "name_description": ROLE_DESCRIPTIONS[name], "subroles": [], "is_internal": False},
         )
 
 

@@ -14,7 +14,6 @@ from pyxapi.model.errors import INVALID_VALUE, MAP_DUPLICATE_KEY, ApiError
 from pyxapi.model.schema import MessageDef
 from pyxapi.model.types import Map
 
-
 # Messages the model lists as custom but which, by name and signature, read or write one field.
 # xapi adds checks to some (VM.set_VCPUs_max …); until an ops module overrides one with those
 # checks, the field accessor serves it.

@@ -15,7 +15,14 @@ Records = dict[str, dict[str, Any]]
 def create(call: Call, name: str, priority: int, cls: str, obj_uuid: str, body: str) -> str:
     return call.ctx.store.create(
         "message",
-        {"name": name, "priority": priority, "cls": cls, "obj_uuid": obj_uuid, "body": body, "timestamp": now_datetime()},
+        {
+            "name": name,
+            "priority": priority,
+            "cls": cls,
+            "obj_uuid": obj_uuid,
+            "body": body,
+            "timestamp": now_datetime(),
+        },
     )
 
 
@@ -62,7 +69,11 @@ def get_all_records_where(call: Call, expr: str) -> Records:
         raise ApiError(INVALID_VALUE, "expr", expr) from None
     out = {}
     for ref, rec in call.ctx.store.items("message"):
-        if evaluate(parsed, lambda name, rec=rec: render_value(rec[name]) if name in rec else None):
+
+        def get_field(name: str, rec: dict[str, Any] = rec) -> str | None:
+            return render_value(rec[name]) if name in rec else None
+
+        if evaluate(parsed, get_field):
             out[ref] = rec
     return out
 

@@ -53,6 +53,11 @@ def task_result(value: Any) -> str:
     if isinstance(value, str):
         return f"<value>{xmlrpc.client.escape(value)}</value>"
     marshaller = xmlrpc.client.Marshaller(allow_none=True)
-    return marshaller.dumps([value]).replace("<param>\n", "").replace("</param>\n", "").replace(
-        "<params>\n", ""
-    ).replace("</params>\n", "").strip()
+    return (
+        marshaller.dumps([value])
+        .replace("<param>\n", "")
+        .replace("</param>\n", "")
+        .replace("<params>\n", "")
+        .replace("</params>\n", "")
+        .strip()
+    )
