@@ -129,3 +129,29 @@ def test_https_with_the_sdk(daemon: Daemon) -> None:
     conn = http.client.HTTPSConnection("127.0.0.1", daemon.tls_port, context=ctx, timeout=30)
     conn.request("GET", "/")
     assert conn.getresponse().status == 200
+
+
+def test_local_unix_socket_trusts_root(daemon: Daemon) -> None:
+    """XenAPI.xapi_local() style: HTTP over the Unix socket, root without a password."""
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(str(daemon.data_dir / "xapi.sock"))
+
+    def call(method: str, *params: object) -> dict:  # type: ignore[type-arg]
+        conn = UnixConnection("localhost", timeout=30)
+        conn.request("POST", "/", xmlrpc.client.dumps(params, method).encode(), {"Content-Type": "text/xml"})
+        reply = xmlrpc.client.loads(conn.getresponse().read())[0][0]
+        conn.close()
+        return reply  # type: ignore[no-any-return]
+
+    login = call("session.login_with_password", "root", "")
+    assert login["Status"] == "Success"
+    assert call("pool.get_all", login["Value"])["Status"] == "Success"
+    # other users still need their password, even locally
+    assert call("session.login_with_password", "reader", "")["ErrorDescription"] == ["SESSION_AUTHENTICATION_FAILED"]
+    # and over TCP root needs it too
+    tcp = xmlrpc.client.ServerProxy(daemon.url).session.login_with_password("root", "")
+    assert tcp["ErrorDescription"] == ["SESSION_AUTHENTICATION_FAILED"]

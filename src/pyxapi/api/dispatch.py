@@ -58,6 +58,7 @@ class Call:
     session: SessionInfo | None
     task_ref: str | None
     fmt: Format
+    local: bool = False  # arrived over the root-only Unix socket
 
     @property
     def session_ref(self) -> str:
@@ -96,17 +97,17 @@ class Dispatcher:
         names += [ASYNC_PREFIX + n for n, m in self.methods.items() if m.message.is_async]
         return [*sorted(names), "system.listMethods"]
 
-    async def call(self, name: str, params: list[Any], fmt: Format) -> Any:
+    async def call(self, name: str, params: list[Any], fmt: Format, local: bool = False) -> Any:
         """Run one API call; returns the wire value, raises ApiError for every failure."""
         try:
-            return await self._call(name, params, fmt)
+            return await self._call(name, params, fmt, local)
         except ApiError:
             raise
         except Exception as e:
             log.exception("internal error in %s", name)
             raise ApiError(INTERNAL_ERROR, f"{type(e).__name__}: {e}") from e
 
-    async def _call(self, name: str, params: list[Any], fmt: Format) -> Any:
+    async def _call(self, name: str, params: list[Any], fmt: Format, local: bool) -> Any:
         if name == "system.listMethods":
             return self.list_methods()
         name = ALIASES.get(name, name)
@@ -131,7 +132,7 @@ class Dispatcher:
         if is_async:
             return self._start_task(name, msg, handler, session, args)
         self._check_refs(msg, args)
-        call = Call(self.ctx, msg, session, None, fmt)
+        call = Call(self.ctx, msg, session, None, fmt, local)
         result = handler(call, *args)
         if inspect.isawaitable(result):
             result = await result
