@@ -1,0 +1,628 @@
+"""One contract suite for the storage drivers, run against the simulator and the real file SR.
+
+Real qemu-img/qemu-io and real files in pytest tmp dirs. Missing qemu-utils is a test FAILURE, never a
+skip: the drivers are not done unless they run against the real tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pyxapi.drivers.storage import make_driver, qemuimg
+from pyxapi.drivers.storage.base import (
+    Capability,
+    ImportFailed,
+    InvalidDeviceConfig,
+    InvalidUuid,
+    SRHandle,
+    SRInUse,
+    SRNotAttached,
+    SRNotEmpty,
+    StorageDriver,
+    StorageError,
+    UnsafePath,
+    VDIInUse,
+    VDIMissing,
+    VDITooSmall,
+)
+from pyxapi.drivers.storage.file import FileStorageDriver
+from pyxapi.drivers.storage.sim import SimStorageDriver
+from pyxapi.drivers.storage.transfer import export_stream
+from pyxapi.model.schema import load_model
+from tests.drivers.storage_fixtures import GiB, Harness, MiB, TiB, make_vdi, new_uuid, run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def qemu_utils() -> None:
+    missing = [tool for tool in ("qemu-img", "qemu-io") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not found: install Debian package qemu-utils (scripts/install-debian-deps.sh)"
+        )
+
+
+@pytest.fixture(params=["sim", "file"])
+async def h(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    kind = request.param
+    driver = make_driver(kind)
+    root = tmp_path / "sr"
+    work = tmp_path / "work"
+    work.mkdir()
+    device_config = {"location": str(root)}
+    sr_uuid = new_uuid()
+    await driver.create_sr(device_config, sr_uuid)
+    sr = SRHandle(sr_uuid, device_config)
+    await driver.attach_sr(sr)
+    yield Harness(kind, driver, sr, root, work)
+
+
+# ------------------------------------------------------------------------------------------ SR life
+
+
+async def test_driver_describes_itself(h: Harness) -> None:
+    assert isinstance(h.driver, StorageDriver)
+    info = h.driver.sm_info
+    assert info.sr_type == h.driver.sr_type == h.kind
+    for cap in (Capability.VDI_CREATE, Capability.VDI_CLONE, Capability.VDI_SNAPSHOT, Capability.VDI_RESIZE):
+        assert cap in info.capabilities and info.features[cap] == 1
+    assert info.vendor and info.copyright and info.version
+
+
+async def test_sr_create_attach_stat_probe(h: Harness) -> None:
+    stat = await h.driver.stat_sr(h.sr)
+    assert stat.physical_size > 0 and stat.virtual_allocation == 0
+    found = await h.driver.probe(h.sr.device_config)
+    assert [p.uuid for p in found] == [h.sr.uuid]
+    with pytest.raises(StorageError):  # the same place cannot hold a second SR
+        await h.driver.create_sr(h.sr.device_config, h.sr.uuid)
+
+
+async def test_operations_need_an_attached_sr(h: Harness) -> None:
+    await h.driver.detach_sr(h.sr)
+    with pytest.raises(SRNotAttached) as err:
+        await h.driver.create_vdi(h.sr, new_uuid(), GiB)
+    assert err.value.description == ["SR_NOT_ATTACHED", h.sr.uuid]
+    await h.driver.attach_sr(h.sr)
+    assert await h.driver.scan(h.sr) == []
+
+
+async def test_destroy_sr_with_vdis_is_refused(h: Harness) -> None:
+    location = await make_vdi(h)
+    with pytest.raises(SRNotEmpty) as err:
+        await h.driver.destroy_sr(h.sr)
+    assert err.value.description == ["SR_NOT_EMPTY"]
+    assert [v.location for v in await h.driver.scan(h.sr)] == [location]
+    await h.driver.destroy_vdi(h.sr, location)
+    await h.driver.destroy_sr(h.sr)
+    if h.kind == "file":
+        assert not h.root.exists()
+
+
+# ------------------------------------------------------------------------------------------- VDIs
+
+
+async def test_create_10gib_vdi_is_thin(h: Harness) -> None:
+    info = await h.driver.create_vdi(h.sr, vid := new_uuid(), 10 * GiB)
+    assert info.virtual_size == 10 * GiB and info.format == "qcow2" and info.uuid == vid
+    assert info.physical_utilisation < 4 * MiB and not info.read_only and info.parent is None
+    assert [v.location for v in await h.driver.scan(h.sr)] == [info.location]
+    stat = await h.driver.stat_sr(h.sr)
+    assert stat.virtual_allocation == 10 * GiB and stat.physical_utilisation < 4 * MiB
+    raw = await h.driver.create_vdi(h.sr, new_uuid(), 3 * MiB + 1, "raw")
+    assert raw.format == "raw" and raw.virtual_size == 3 * MiB + 512  # whole sectors, like qemu
+
+
+async def test_disks_beyond_2tib(h: Harness) -> None:
+    location = (await h.driver.create_vdi(h.sr, new_uuid(), 3 * TiB)).location
+    await h.write(location, 3 * TiB - MiB, 0x77, MiB)
+    grown = await h.driver.resize_vdi(h.sr, location, 4 * TiB)
+    assert grown.virtual_size == 4 * TiB
+    assert await h.read(location, 3 * TiB - MiB, MiB) == b"\x77" * MiB
+
+
+async def test_clone_is_linked_and_isolated(h: Harness) -> None:
+    src = await make_vdi(h, 10 * GiB)
+    await h.write(src, 0, 0x5A, MiB)
+    result = await h.driver.clone_vdi(h.sr, src, new_uuid())
+    clone = result.vdi
+    # O(1): both sides are empty overlays on one hidden base holding the data; nothing was copied.
+    assert result.base and clone.parent == result.source.parent == result.base
+    assert clone.physical_utilisation < MiB and result.source.physical_utilisation < MiB
+    assert clone.virtual_size == 10 * GiB and not clone.is_a_snapshot
+    assert result.source_repointed
+    assert await h.read(clone.location, 0, MiB) == b"\x5a" * MiB
+    await h.write(src, 0, 0x11, 64 * 1024)
+    await h.write(clone.location, MiB - 64 * 1024, 0x22, 64 * 1024)
+    assert await h.read(clone.location, 0, 64 * 1024) == b"\x5a" * 65536
+    assert await h.read(src, MiB - 64 * 1024, 64 * 1024) == b"\x5a" * 65536
+    assert {v.location for v in await h.driver.scan(h.sr)} == {src, clone.location}  # the base is hidden
+
+
+async def test_clone_time_does_not_grow_with_size(h: Harness) -> None:
+    timings = []
+    for size in (GiB, 20 * GiB):
+        location = await make_vdi(h, size)
+        await h.write(location, 0, 0x33, 4 * MiB)
+        start = time.monotonic()
+        result = await h.driver.clone_vdi(h.sr, location, new_uuid())
+        timings.append(time.monotonic() - start)
+        assert result.vdi.physical_utilisation < MiB
+    assert max(timings) < 2.0
+
+
+async def test_snapshot_keeps_point_in_time(h: Harness) -> None:
+    src = await make_vdi(h)
+    await h.write(src, 0, 0x5A, MiB)
+    result = await h.driver.snapshot_vdi(h.sr, src, new_uuid())
+    snap = result.vdi
+    assert snap.is_a_snapshot and snap.snapshot_of == src and snap.parent == result.base
+    await h.write(src, 0, 0x11, MiB)
+    assert await h.read(snap.location, 0, MiB) == b"\x5a" * MiB
+    assert await h.read(src, 0, MiB) == b"\x11" * MiB
+    second = await h.driver.snapshot_vdi(h.sr, src, new_uuid())
+    await h.driver.destroy_vdi(h.sr, src)
+    assert await h.read(snap.location, 0, MiB) == b"\x5a" * MiB
+    assert await h.read(second.vdi.location, 0, MiB) == b"\x11" * MiB
+    await h.driver.destroy_vdi(h.sr, snap.location)
+    await h.driver.destroy_vdi(h.sr, second.vdi.location)
+    # Every hidden base went with its last child.
+    assert await h.driver.scan(h.sr) == []
+    assert (await h.driver.stat_sr(h.sr)).physical_utilisation < MiB
+    if h.kind == "file":
+        assert h.files() == {".pyxapi-sr"}
+
+
+async def test_coalesce_keeps_chains_short(h: Harness) -> None:
+    src = await make_vdi(h)
+    await h.write(src, 0, 0x5A, MiB)
+    for _ in range(3):  # a daily backup: snapshot, copy it away, delete it
+        snap = await h.driver.snapshot_vdi(h.sr, src, new_uuid())
+        await h.write(src, MiB, 0x11, MiB)
+        await h.driver.destroy_vdi(h.sr, snap.vdi.location)
+    assert (await h.driver.stat_vdi(h.sr, src)).parent is not None
+    await h.driver.resize_vdi(h.sr, src, 128 * MiB)  # the leaf outgrows its bases
+    await h.driver.attach_vdi(h.sr, src)
+    assert await h.driver.coalesce(h.sr) == []  # never under a running disk
+    await h.driver.detach_vdi(h.sr, src)
+    assert len(await h.driver.coalesce(h.sr)) == 3
+    info = await h.driver.stat_vdi(h.sr, src)
+    assert info.parent is None and info.virtual_size == 128 * MiB
+    assert await h.read(src, 0, 2 * MiB) == b"\x5a" * MiB + b"\x11" * MiB
+    if h.kind == "file":
+        assert h.files() == {".pyxapi-sr", src}
+    # With two children left, a base stays.
+    clone = await h.driver.clone_vdi(h.sr, src, new_uuid())
+    assert await h.driver.coalesce(h.sr) == []
+    assert (await h.driver.stat_vdi(h.sr, clone.vdi.location)).parent == clone.base
+
+
+async def test_raw_vdis_clone_by_full_copy(h: Harness) -> None:
+    src = await make_vdi(h, 8 * MiB, "raw")
+    await h.write(src, 0, 0x44, MiB)
+    result = await h.driver.clone_vdi(h.sr, src, new_uuid())
+    assert result.vdi.format == "raw" and result.base is None and not result.source_repointed
+    await h.write(src, 0, 0x00, MiB)
+    assert await h.read(result.vdi.location, 0, MiB) == b"\x44" * MiB
+
+
+async def test_resize_grows_never_shrinks(h: Harness) -> None:
+    location = await make_vdi(h, GiB)
+    await h.write(location, 0, 0x5A, MiB)
+    info = await h.driver.resize_vdi(h.sr, location, 2 * GiB)
+    assert info.virtual_size == 2 * GiB
+    assert (await h.driver.stat_vdi(h.sr, location)).virtual_size == 2 * GiB
+    assert await h.read(location, 0, MiB) == b"\x5a" * MiB
+    with pytest.raises(VDITooSmall) as err:
+        await h.driver.resize_vdi(h.sr, location, GiB)
+    assert err.value.description == ["VDI_TOO_SMALL", location, str(2 * GiB)]
+    await h.driver.attach_vdi(h.sr, location)
+    with pytest.raises(VDIInUse):
+        await h.driver.resize_vdi(h.sr, location, 3 * GiB)
+    online = await h.driver.resize_vdi(h.sr, location, 3 * GiB, online=True)
+    assert online.virtual_size == 3 * GiB
+    await h.driver.detach_vdi(h.sr, location)
+
+
+async def test_attach_rules(h: Harness) -> None:
+    location = await make_vdi(h)
+    attach = await h.driver.attach_vdi(h.sr, location)
+    assert attach.format == "qcow2" and not attach.read_only
+    if h.kind == "file":
+        assert attach.path == str(h.root.resolve() / location) and Path(attach.path).is_file()
+    with pytest.raises(VDIInUse):
+        await h.driver.attach_vdi(h.sr, location)
+    with pytest.raises(VDIInUse) as err:
+        await h.driver.destroy_vdi(h.sr, location)
+    assert err.value.description == ["VDI_IN_USE", location, "destroy"]
+    with pytest.raises(SRInUse):
+        await h.driver.detach_sr(h.sr)
+    await h.driver.detach_vdi(h.sr, location)
+    await h.driver.attach_vdi(h.sr, location, read_only=True)
+    await h.driver.attach_vdi(h.sr, location, read_only=True)  # readers share
+    await h.driver.detach_vdi(h.sr, location)
+    await h.driver.detach_vdi(h.sr, location)
+    await h.driver.destroy_vdi(h.sr, location)
+    with pytest.raises(VDIMissing):
+        await h.driver.stat_vdi(h.sr, location)
+
+
+async def test_scan_finds_images_added_behind_our_back(h: Harness) -> None:
+    h.add_foreign("disk-from-admin.qcow2", 2 * GiB)
+    found = {v.location: v for v in await h.driver.scan(h.sr)}
+    assert found["disk-from-admin.qcow2"].virtual_size == 2 * GiB
+    assert found["disk-from-admin.qcow2"].uuid is None
+    clone = await h.driver.clone_vdi(h.sr, "disk-from-admin.qcow2", new_uuid())
+    assert clone.vdi.virtual_size == 2 * GiB
+
+
+async def test_copy_is_full_and_independent(h: Harness) -> None:
+    src = await make_vdi(h)
+    await h.write(src, 0, 0x5A, MiB)
+    snap = await h.driver.snapshot_vdi(h.sr, src, new_uuid())
+    seen: list[float] = []
+    copy = await h.driver.copy_vdi(h.sr, snap.vdi.location, h.sr, new_uuid(), seen.append)
+    assert copy.parent is None and copy.virtual_size == 64 * MiB and not copy.is_a_snapshot
+    assert seen and seen[-1] == 1.0
+    await h.driver.destroy_vdi(h.sr, snap.vdi.location)
+    await h.driver.destroy_vdi(h.sr, src)
+    assert await h.read(copy.location, 0, MiB) == b"\x5a" * MiB
+
+
+# ------------------------------------------------------------------------------------ import/export
+
+
+@pytest.mark.parametrize("fmt", ["raw", "vhd", "qcow2"])
+async def test_export_import_roundtrip(h: Harness, fmt: str) -> None:
+    src = await make_vdi(h)
+    await h.write(src, 0, 0x5A, MiB)
+    await h.write(src, 40 * MiB, 0xC3, 2 * MiB)
+    exported = h.tmp / f"disk.{fmt}"
+    await h.driver.export_data(h.sr, src, fmt, exported)  # type: ignore[arg-type]
+    info = json.loads(run("qemu-img", "info", "--output=json", "-f", qemuimg.QEMU_FORMAT[fmt], str(exported)))
+    assert info["virtual-size"] == 64 * MiB and "backing-filename" not in info
+    new = await h.driver.import_new_vdi(h.sr, new_uuid(), exported, fmt)  # type: ignore[arg-type]
+    assert new.virtual_size == 64 * MiB
+    into = await make_vdi(h, 128 * MiB)
+    await h.driver.import_data(h.sr, into, exported, fmt)  # type: ignore[arg-type]
+    assert (await h.driver.stat_vdi(h.sr, into)).virtual_size == 128 * MiB  # keeps its own size
+    a, b, c = h.tmp / "a.raw", h.tmp / "b.raw", h.tmp / "c.raw"
+    await h.driver.export_data(h.sr, src, "raw", a)
+    await h.driver.export_data(h.sr, new.location, "raw", b)
+    await h.driver.export_data(h.sr, into, "raw", c)
+    run("qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", str(a), str(b))
+    run("qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", str(a), str(c))  # extra tail must be zeros
+    run("qemu-img", "compare", "-q", "-f", "raw", "-F", qemuimg.QEMU_FORMAT[fmt], str(a), str(exported))
+    if h.kind == "file":
+        run("qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2", str(h.root / src), str(h.root / new.location))
+
+
+async def test_export_as_a_stream(h: Harness) -> None:
+    location = await make_vdi(h, 8 * MiB)
+    await h.write(location, MiB, 0x5A, MiB)
+    data = b"".join([chunk async for chunk in export_stream(h.driver, h.sr, location, "raw", str(h.tmp))])
+    assert len(data) == 8 * MiB and data[MiB : 2 * MiB] == b"\x5a" * MiB and data[:MiB] == bytes(MiB)
+    assert os.listdir(h.tmp) == []  # the temporary export is gone
+
+
+async def test_import_from_a_stream(h: Harness) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for byte in (0x01, 0x02):
+            yield bytes([byte]) * MiB
+
+    info = await h.driver.import_new_vdi(h.sr, new_uuid(), body(), "raw")
+    assert info.virtual_size == 2 * MiB
+    assert await h.read(info.location, MiB, MiB) == b"\x02" * MiB
+    assert h.files() - {".pyxapi-sr", info.location} == set()  # the spool file is gone
+
+
+@pytest.mark.parametrize("damage", ["truncated-qcow2", "truncated-vhd", "garbage-qcow2", "backing-qcow2"])
+async def test_bad_images_are_refused_and_leave_nothing(h: Harness, damage: str) -> None:
+    src = await make_vdi(h, 16 * MiB)
+    await h.write(src, 0, 0x5A, 8 * MiB)
+    fmt = "vhd" if "vhd" in damage else "qcow2"
+    image = h.tmp / f"bad.{fmt}"
+    if damage.startswith("truncated"):
+        await h.driver.export_data(h.sr, src, fmt, image)  # type: ignore[arg-type]
+        with open(image, "r+b") as f:
+            f.truncate(os.path.getsize(image) // 2)
+    elif damage == "garbage-qcow2":
+        image.write_bytes(b"QFI\xfb" + os.urandom(4096))
+    else:  # a valid qcow2 whose backing file is a host file: importing it would leak that file
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", str(image), "1M")
+    before = await h.driver.scan(h.sr)
+    files_before = h.files()
+    with pytest.raises(ImportFailed) as err:
+        await h.driver.import_new_vdi(h.sr, new_uuid(), image, fmt)  # type: ignore[arg-type]
+    assert err.value.code == "IMPORT_ERROR" and len(err.value.params) == 1
+    with pytest.raises(ImportFailed):
+        await h.driver.import_data(h.sr, src, image, fmt)  # type: ignore[arg-type]
+    assert await h.driver.scan(h.sr) == before and h.files() == files_before
+    assert await h.read(src, 0, MiB) == b"\x5a" * MiB
+
+
+async def test_import_larger_than_vdi_is_refused(h: Harness) -> None:
+    small = await make_vdi(h, 8 * MiB)
+    image = h.tmp / "big.raw"
+    with open(image, "wb") as f:
+        f.truncate(16 * MiB)
+    with pytest.raises(VDITooSmall) as err:
+        await h.driver.import_data(h.sr, small, image, "raw")
+    assert err.value.params == [small, str(16 * MiB)]
+
+
+# ------------------------------------------------------------------------------------------ safety
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["../escape.qcow2", "/etc/passwd", "sub/dir.qcow2", ".hidden.qcow2", "disk.txt", "..", "a..b.qcow2", "x y.qcow2"],
+)
+async def test_unsafe_locations_are_rejected(h: Harness, location: str) -> None:
+    for call in (
+        h.driver.stat_vdi(h.sr, location),
+        h.driver.destroy_vdi(h.sr, location),
+        h.driver.attach_vdi(h.sr, location),
+        h.driver.clone_vdi(h.sr, location, new_uuid()),
+        h.driver.import_data(h.sr, location, h.tmp, "raw"),
+    ):
+        with pytest.raises(UnsafePath) as err:
+            await call
+        assert err.value.code == "INVALID_VALUE" and err.value.params[0] == "location"
+
+
+@pytest.mark.parametrize("bad", ["../../etc/x", "not-a-uuid", "5A1F7C56-1C8B-4B8E-9E4B-1D0D3C2A4F10"])
+async def test_new_vdi_names_must_be_uuids(h: Harness, bad: str) -> None:
+    files = h.files()
+    with pytest.raises(InvalidUuid) as err:
+        await h.driver.create_vdi(h.sr, bad, GiB)
+    assert err.value.description == ["UUID_INVALID", "VDI", bad]
+    assert h.files() == files and await h.driver.scan(h.sr) == []
+
+
+def test_errors_match_the_catalogue() -> None:
+    catalogue = load_model().errors
+    import pyxapi.drivers.storage.base as base
+
+    samples: list[StorageError] = [
+        base.SRNotEmpty(),
+        base.SRFull(1, 2),
+        base.SRNotAttached("sr"),
+        base.UnsafePath("x", "y"),
+        base.InvalidUuid("VDI", "x"),
+        base.OperationNotSupported("sr"),
+        base.VDIMissing("sr", "x"),
+        base.VDILocationMissing("sr", "x"),
+        base.VDIInUse("x", "destroy"),
+        base.VDIReadOnly("x"),
+        base.VDITooSmall("x", 1),
+        base.VDITooLarge("x", 1),
+        base.VDIIsAPhysicalDevice("x"),
+        base.ImportFailed("x"),
+        base.CopyFailed(),
+    ]
+    with pytest.raises(StorageError) as unknown:
+        make_driver("lvmoiscsi")
+    samples.append(unknown.value)
+    for exc in samples:
+        assert exc.code in catalogue, exc.code
+        assert len(exc.params) == len(catalogue[exc.code]), exc.code
+    backend = base.BackendFailure(base.SMError.SR_NOT_EMPTY, "detail")
+    assert backend.description == ["SR_BACKEND_FAILURE_39", "", "The SR is not empty [opterr=detail]", ""]
+    assert len(backend.params) == len(catalogue["SR_BACKEND_FAILURE"])
+
+
+# ---------------------------------------------------------------------------------- file specifics
+
+
+@pytest.fixture
+async def fh(tmp_path: Path) -> AsyncIterator[Harness]:
+    driver = FileStorageDriver()
+    root = tmp_path / "sr"
+    sr = SRHandle(new_uuid(), {"location": str(root)})
+    await driver.create_sr(sr.device_config, sr.uuid)
+    await driver.attach_sr(sr)
+    (tmp_path / "work").mkdir()
+    yield Harness("file", driver, sr, root, tmp_path / "work")
+
+
+async def test_file_clone_chain_on_disk(fh: Harness) -> None:
+    src = await make_vdi(fh)
+    await fh.write(src, 0, 0x5A, MiB)
+    result = await fh.driver.clone_vdi(fh.sr, src, new_uuid())
+    chain = json.loads(
+        run("qemu-img", "info", "--output=json", "--backing-chain", "-f", "qcow2", str(fh.root / result.vdi.location))
+    )
+    assert [Path(c["filename"]).name for c in chain] == [result.vdi.location, result.base]
+    assert chain[0]["backing-filename"] == result.base  # relative: the SR directory can move
+    assert chain[0]["backing-filename-format"] == "qcow2"
+    base = fh.root / str(result.base)
+    assert base.stat().st_mode & 0o222 == 0  # bases are read-only
+    assert chain[1]["actual-size"] >= MiB > chain[0]["actual-size"] - 512 * 1024
+
+
+async def test_file_sizes_are_true(fh: Harness) -> None:
+    stat = await fh.driver.stat_sr(fh.sr)
+    vfs = os.statvfs(fh.root)
+    assert stat.physical_size == vfs.f_blocks * vfs.f_frsize
+    location = await make_vdi(fh, GiB)
+    await fh.write(location, 0, 0x5A, 8 * MiB)
+    info = await fh.driver.stat_vdi(fh.sr, location)
+    assert info.physical_utilisation == os.stat(fh.root / location).st_blocks * 512 >= 8 * MiB
+    assert (await fh.driver.stat_sr(fh.sr)).physical_utilisation >= 8 * MiB
+
+
+async def test_file_symlinks_and_foreign_backing_files_are_refused(fh: Harness, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", str(outside), "1M")
+    (fh.root / "link.qcow2").symlink_to(outside)
+    run(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "/etc/hostname",
+        "-F",
+        "raw",
+        str(fh.root / "sneaky.qcow2"),
+        "1M",
+    )
+    assert await fh.driver.scan(fh.sr) == []
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        await fh.driver.attach_vdi(fh.sr, "link.qcow2")
+    with pytest.raises(UnsafePath, match="outside the SR"):
+        await fh.driver.attach_vdi(fh.sr, "sneaky.qcow2")
+    with pytest.raises(UnsafePath):
+        await fh.driver.destroy_vdi(fh.sr, "link.qcow2")
+    assert outside.exists()
+
+
+@pytest.mark.parametrize("location", ["relative/dir", "/tmp/../etc", "/tmp/./x", "", "/"])
+async def test_file_device_config_paths_are_checked(tmp_path: Path, location: str) -> None:
+    driver = FileStorageDriver()
+    with pytest.raises(InvalidDeviceConfig) as err:
+        await driver.create_sr({"location": location}, new_uuid())
+    assert err.value.code in ("SR_BACKEND_FAILURE_1", "SR_BACKEND_FAILURE_94")
+    assert not Path("/etc/.pyxapi-sr").exists() and not Path("relative").exists()
+
+
+async def test_file_leftovers_of_a_crash_are_cleaned_on_attach(fh: Harness) -> None:
+    (fh.root / ".tmp-deadbeef.qcow2").write_bytes(b"half written")
+    await fh.driver.detach_sr(fh.sr)
+    await fh.driver.attach_sr(fh.sr)
+    assert fh.files() == {".pyxapi-sr"}
+
+
+async def test_file_clone_interrupted_by_a_crash_is_completed_on_attach(fh: Harness) -> None:
+    src = await make_vdi(fh)
+    await fh.write(src, 0, 0x5A, MiB)
+    new = f"{new_uuid()}.qcow2"
+    base = f"{new_uuid()}.base.qcow2"
+    for name in (src, new):  # what clone_vdi prepares, then the crash right after the first rename
+        run(
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            base,
+            "-F",
+            "qcow2",
+            str(fh.root / f".tmp-branch-{name}"),
+            str(64 * MiB),
+        )
+    (fh.root / src).rename(fh.root / base)
+    await fh.driver.detach_sr(fh.sr)
+    await fh.driver.attach_sr(fh.sr)
+    assert {v.location for v in await fh.driver.scan(fh.sr)} == {src, new}
+    assert await fh.read(src, 0, MiB) == await fh.read(new, 0, MiB) == b"\x5a" * MiB
+    assert fh.files() == {".pyxapi-sr", src, new, base}
+
+
+async def test_file_export_reports_progress_and_refuses_live_disks(fh: Harness) -> None:
+    location = await make_vdi(fh)
+    await fh.write(location, 0, 0x5A, 4 * MiB)
+    seen: list[float] = []
+    await fh.driver.export_data(fh.sr, location, "vhd", fh.tmp / "x.vhd", seen.append)
+    assert seen and seen[-1] == 1.0
+    await fh.driver.attach_vdi(fh.sr, location)
+    with pytest.raises(VDIInUse):
+        await fh.driver.export_data(fh.sr, location, "raw", fh.tmp / "y.raw")
+
+
+def test_missing_qemu_img_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(StorageError, match="qemu-utils"):
+        qemuimg.executable()
+
+
+# ----------------------------------------------------------------------------------- sim specifics
+
+
+async def test_sim_refuses_writes_beyond_its_size(tmp_path: Path) -> None:
+    driver = SimStorageDriver()
+    sr = SRHandle(new_uuid(), {"size": str(4 * MiB)})
+    await driver.create_sr(sr.device_config, sr.uuid)
+    await driver.attach_sr(sr)
+    info = await driver.create_vdi(sr, new_uuid(), 64 * MiB)  # thin: creating is free
+    image = tmp_path / "full.raw"
+    image.write_bytes(b"\x01" * 8 * MiB)
+    with pytest.raises(StorageError) as err:
+        await driver.import_data(sr, info.location, image, "raw")
+    assert err.value.code == "SR_FULL"
+    assert (await driver.stat_vdi(sr, info.location)).physical_utilisation == 0
+
+
+# ----------------------------------------------------------------------------------- iso library
+
+
+@pytest.fixture
+async def iso(tmp_path: Path) -> AsyncIterator[tuple[StorageDriver, SRHandle, Path]]:
+    lib = tmp_path / "isos"
+    lib.mkdir()
+    (lib / "debian 12 (netinst).iso").write_bytes(b"\x42" * 4 * MiB)
+    (lib / "UPPER.ISO").write_bytes(b"\x43" * MiB)
+    (lib / "notes.txt").write_text("not an iso")
+    (lib / ".hidden.iso").write_bytes(b"x")
+    (lib / "dir.iso").mkdir()
+    (tmp_path / "secret.iso").write_bytes(b"secret")
+    (lib / "escape.iso").symlink_to(tmp_path / "secret.iso")
+    (lib / "alias.iso").symlink_to(lib / "UPPER.ISO")
+    driver = make_driver("iso")
+    sr = SRHandle(new_uuid(), {"location": str(lib)})
+    await driver.create_sr(sr.device_config, sr.uuid)
+    await driver.attach_sr(sr)
+    yield driver, sr, lib
+
+
+async def test_iso_scan_finds_only_isos_inside(iso: tuple[StorageDriver, SRHandle, Path]) -> None:
+    driver, sr, _ = iso
+    found = {v.location: v for v in await driver.scan(sr)}
+    assert set(found) == {"debian 12 (netinst).iso", "UPPER.ISO", "alias.iso"}
+    disc = found["debian 12 (netinst).iso"]
+    assert disc.read_only and disc.content_type == "iso" and disc.virtual_size == 4 * MiB and disc.format == "raw"
+    stat = await driver.stat_sr(sr)
+    assert stat.content_type == "iso" and stat.virtual_allocation == 6 * MiB
+
+
+async def test_iso_vdis_are_read_only(iso: tuple[StorageDriver, SRHandle, Path]) -> None:
+    driver, sr, lib = iso
+    attach = await driver.attach_vdi(sr, "UPPER.ISO", read_only=True)
+    assert attach.read_only and attach.format == "raw" and Path(attach.path).read_bytes()[:1] == b"\x43"
+    with pytest.raises(StorageError) as err:
+        await driver.attach_vdi(sr, "UPPER.ISO")
+    assert err.value.description == ["VDI_READONLY", "UPPER.ISO"]
+    with pytest.raises(UnsafePath):
+        await driver.attach_vdi(sr, "escape.iso", read_only=True)
+    with pytest.raises(UnsafePath):
+        await driver.stat_vdi(sr, "../secret.iso")
+    for call in (
+        driver.create_vdi(sr, new_uuid(), GiB),
+        driver.destroy_vdi(sr, "UPPER.ISO"),
+        driver.clone_vdi(sr, "UPPER.ISO", new_uuid()),
+        driver.resize_vdi(sr, "UPPER.ISO", GiB),
+        driver.import_data(sr, "UPPER.ISO", lib / "UPPER.ISO", "raw"),
+    ):
+        with pytest.raises(StorageError) as err:
+            await call
+        assert err.value.description == ["SR_OPERATION_NOT_SUPPORTED", sr.uuid]
+    await driver.detach_vdi(sr, "UPPER.ISO")
+    await driver.destroy_sr(sr)
+    assert (lib / "UPPER.ISO").exists()  # forgetting a library never deletes its files
+
+
+@pytest.mark.parametrize(("config", "code"), [({}, 220), ({"location": "isos"}, 226), ({"location": "/no/such"}, 226)])
+async def test_iso_device_config_errors(config: dict[str, str], code: int) -> None:
+    with pytest.raises(StorageError) as err:
+        await make_driver("iso").create_sr(config, new_uuid())
+    assert err.value.code == f"SR_BACKEND_FAILURE_{code}"
