@@ -14,7 +14,8 @@ REFERENCE = ROOT.parent / "shared" / "xenapi"
 def test_model_matches_the_reference_when_it_is_beside_the_checkout() -> None:
     """The committed model data is what scripts/gen_model.py makes from ../shared/xenapi."""
     if not (REFERENCE / "datamodel.json").exists():
-        pytest.fail(f"the XenAPI reference is missing at {REFERENCE}")
+        # CI and developers have shared/ beside the checkout; a bare clone elsewhere does not.
+        pytest.skip(f"the XenAPI reference is not beside this checkout ({REFERENCE})")
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gen_model", ROOT / "scripts" / "gen_model.py")
