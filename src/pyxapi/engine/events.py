@@ -75,7 +75,9 @@ class EventService:
             name, _, ref = entry.partition("/")
             cdef = self.model.class_by_lower(name)
             if cdef is None or cdef.name not in self._event_classes:
-                raise ApiError("EVENT_SUBSCRIPTION_PARSE_FAILURE", entry)
+                # xapi does not check class names: one without events simply matches nothing
+                # (Xen Orchestra subscribes to every class it knows, `secret` included).
+                continue
             if ref:
                 objects.add((cdef.name, ref))
             else:

@@ -72,8 +72,10 @@ def inject(call: Call, cls: str, ref: str) -> str:
     cdef = call.ctx.model.class_by_lower(cls)
     if cdef is None or not events.store.has_class(cdef.name):
         raise ApiError("EVENT_SUBSCRIPTION_PARSE_FAILURE", cls)
+    before = events.store.generation
     events.store.touch(cdef.name, ref)
-    return make_token(events.store.generation)
+    # A token from before the touch, so event.from with it returns the injected event at once.
+    return make_token(before)
 
 
 def get_current_id(call: Call) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 from xml.parsers.expat import ExpatError
 
 from pyxapi.model.errors import ApiError
+from pyxapi.wire.xmlwrite import method_response, value_xml
 
 
 class WireError(Exception):
@@ -35,11 +36,11 @@ def failure(error: ApiError) -> bytes:
 
 
 def bare(value: Any) -> bytes:
-    return xmlrpc.client.dumps((value,), methodresponse=True, allow_none=True).encode()
+    return method_response(value)
 
 
 def _response(struct: dict[str, Any]) -> bytes:
-    return xmlrpc.client.dumps((struct,), methodresponse=True, allow_none=True).encode()
+    return method_response(struct)
 
 
 def task_result(value: Any) -> str:
@@ -50,14 +51,4 @@ def task_result(value: Any) -> str:
     """
     if value == "" or value is None:
         return ""
-    if isinstance(value, str):
-        return f"<value>{xmlrpc.client.escape(value)}</value>"
-    marshaller = xmlrpc.client.Marshaller(allow_none=True)
-    return (
-        marshaller.dumps([value])
-        .replace("<param>\n", "")
-        .replace("</param>\n", "")
-        .replace("<params>\n", "")
-        .replace("</params>\n", "")
-        .strip()
-    )
+    return value_xml(value)
