@@ -9,6 +9,7 @@ import getpass
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from pyxapi.auth import ROOT_USER, AccountFile
 from pyxapi.context import Config, Context
 from pyxapi.db.sqlite import SqliteLog
 from pyxapi.db.store import Store
+from pyxapi.drivers.hypervisor.base import HypervisorDriver
 from pyxapi.engine.events import EventService
 from pyxapi.engine.sessions import Sessions
 from pyxapi.engine.tasks import TaskRunner
@@ -29,11 +31,28 @@ from pyxapi.model.schema import ROLE_ORDER, load_model
 from pyxapi.ops import custom_handlers
 from pyxapi.ops.bootstrap import bootstrap
 from pyxapi.ops.implicit import implicit_handler
+from pyxapi.ops.vm_monitor import VMMonitor
 from pyxapi.security import ensure_tls_certificate, generate_password, ssl_context
 from pyxapi.wire.marshal import Marshaller
 
 log = logging.getLogger("pyxapi")
 MAINTENANCE_INTERVAL = 60.0
+
+
+def make_hypervisor(config: Config) -> HypervisorDriver:
+    """The configured hypervisor driver; `auto` takes QEMU when it is installed."""
+    name = config.hypervisor
+    if name == "auto":
+        name = "qemu" if shutil.which("qemu-system-x86_64") else "sim"
+    if name == "sim":
+        from pyxapi.drivers.hypervisor.sim import SimHypervisor
+
+        return SimHypervisor()
+    if name == "qemu":
+        from pyxapi.drivers.hypervisor.qemu import QemuDriver
+
+        return QemuDriver(config.data_dir / "run" / "qemu")
+    raise SystemExit(f"pyxapi: unknown hypervisor driver {config.hypervisor!r} (sim, qemu, auto)")
 
 
 def build(config: Config) -> tuple[Context, Dispatcher]:
@@ -48,6 +67,7 @@ def build(config: Config) -> tuple[Context, Dispatcher]:
     ctx = Context(config, model, store, marshal, sessions, tasks, accounts)
     ctx.services["events"] = EventService(model, store, marshal, config.event_batch_delay)
     ctx.services["pool_secret"] = _pool_secret(config.data_dir)
+    ctx.services["hypervisor"] = make_hypervisor(config)
     bootstrap(ctx, read_host_facts())
     sessions.host_ref = tasks.host_ref = ctx.host_ref
     sessions.pool_ref = ctx.pool_ref
@@ -111,10 +131,14 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     maintenance = asyncio.create_task(_maintenance(ctx))
+    monitor = VMMonitor(ctx, ctx.services["hypervisor"])
+    await monitor.start()
     try:
         await stop.wait()
     finally:
         maintenance.cancel()
+        await monitor.stop()
+        await ctx.services["hypervisor"].close()
         await ctx.tasks.shutdown()
         await runner.cleanup()
 

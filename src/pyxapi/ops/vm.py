@@ -1,0 +1,346 @@
+"""VM.* power lifecycle: start, shutdown, reboot, pause, suspend/resume, vCPUs and memory.
+
+Each handler checks the lifecycle table (through engine.operations.running), asks the
+hypervisor driver, and records the result through ops.vm_state. The driver's typed errors
+become the XenAPI errors xapi gives for the same situations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pyxapi.api.dispatch import Call, Handler
+from pyxapi.context import Context
+from pyxapi.drivers.hypervisor import base as hv
+from pyxapi.engine.operations import running
+from pyxapi.engine.vm_spec import MIB, check_memory, domain_spec
+from pyxapi.model.errors import INTERNAL_ERROR, OPERATION_NOT_ALLOWED, ApiError
+from pyxapi.ops import vm_state
+from pyxapi.ops.vm_state import hypervisor
+
+CLEAN_SHUTDOWN_TIMEOUT = 120.0
+MAX_VBD_DEVICES = 12
+MAX_VIF_DEVICES = 7
+
+
+@contextlib.asynccontextmanager
+async def driver_errors(vm: str) -> AsyncIterator[None]:
+    """Turn the driver's typed errors into the XenAPI errors clients expect."""
+    try:
+        yield
+    except hv.GuestTimeout:
+        raise ApiError("VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT", vm) from None
+    except hv.GuestAgentUnavailable:
+        raise ApiError("VM_MISSING_PV_DRIVERS", vm) from None
+    except hv.NotSupported as e:
+        raise ApiError(OPERATION_NOT_ALLOWED, str(e)) from None
+    except hv.InvalidArgument as e:
+        raise ApiError("VALUE_NOT_SUPPORTED", "VM", vm, str(e)) from None
+    except hv.DomainNotFound:
+        raise ApiError("VM_BAD_POWER_STATE", vm, "running", "halted") from None
+    except hv.HypervisorError as e:
+        raise ApiError(INTERNAL_ERROR, f"{type(e).__name__}: {e}") from None
+
+
+def _free_memory(ctx: Context) -> int:
+    """What this host can still give guests: total less dom0's share and running guests'."""
+    store = ctx.store
+    host = store.get("host", ctx.host_ref)
+    total = store.get("host_metrics", host["metrics"])["memory_total"]
+    used = 0
+    for vm in host["resident_VMs"]:
+        rec = store.get("VM", vm)
+        if rec["is_control_domain"]:
+            used += ctx.services.get("dom0_memory", min(rec["memory_target"], 1 << 30))
+        elif rec["power_state"] in ("Running", "Paused"):
+            used += rec["memory_static_max"]
+    return max(0, total - used)
+
+
+def _check_can_boot(ctx: Context, vm: str) -> None:
+    rec = ctx.store.get("VM", vm)
+    check_memory(rec)
+    needed, available = rec["memory_static_max"], _free_memory(ctx)
+    if needed > available:
+        raise ApiError("HOST_NOT_ENOUGH_FREE_MEMORY", needed, available)
+
+
+def _check_this_host(ctx: Context, host: str) -> None:
+    if host != ctx.host_ref:
+        raise ApiError("HOST_OFFLINE", host)
+
+
+async def boot(ctx: Context, vm: str, paused: bool) -> None:
+    """Start the VM's domain and record it; also used by the monitor to restart guests."""
+    _check_can_boot(ctx, vm)
+    resolvers = ctx.services.get("device_resolvers", {})
+    spec = domain_spec(ctx.store, vm, resolvers.get("disks"), resolvers.get("nics"))
+    async with driver_errors(vm):
+        info = await hypervisor(ctx).start(spec, paused=paused)
+    vm_state.save_spec(ctx, spec)
+    vm_state.record_running(ctx, vm, info)
+
+
+async def start(call: Call, vm: str, start_paused: bool, force: bool) -> None:
+    with running(call.ctx.store, vm, "start", call.task_ref):
+        await boot(call.ctx, vm, start_paused)
+
+
+async def start_on(call: Call, vm: str, host: str, start_paused: bool, force: bool) -> None:
+    _check_this_host(call.ctx, host)
+    with running(call.ctx.store, vm, "start_on", call.task_ref):
+        await boot(call.ctx, vm, start_paused)
+
+
+async def _stop(call: Call, vm: str, op: str, clean: bool) -> None:
+    ctx = call.ctx
+    with running(ctx.store, vm, op, call.task_ref):
+        rec = ctx.store.get("VM", vm)
+        if rec["power_state"] == "Suspended":
+            # Halting a suspended VM throws its memory image away.
+            vm_state.suspend_image_path(ctx, rec["uuid"]).unlink(missing_ok=True)
+        else:
+            async with driver_errors(vm):
+                await hypervisor(ctx).shutdown(rec["uuid"], clean=clean, timeout=CLEAN_SHUTDOWN_TIMEOUT)
+        vm_state.record_halted(ctx, vm)
+
+
+async def clean_shutdown(call: Call, vm: str) -> None:
+    await _stop(call, vm, "clean_shutdown", clean=True)
+
+
+async def hard_shutdown(call: Call, vm: str) -> None:
+    await _stop(call, vm, "hard_shutdown", clean=False)
+
+
+async def shutdown(call: Call, vm: str) -> None:
+    """Clean if the guest cooperates, hard otherwise (xapi's VM.shutdown)."""
+    ctx = call.ctx
+    rec = ctx.store.get("VM", vm)
+    if rec["power_state"] != "Running":
+        await _stop(call, vm, "shutdown", clean=False)
+        return
+    try:
+        await _stop(call, vm, "shutdown", clean=True)
+    except ApiError as e:
+        if e.code not in ("VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT", "VM_MISSING_PV_DRIVERS"):
+            raise
+        await _stop(call, vm, "shutdown", clean=False)
+
+
+async def _reboot(call: Call, vm: str, op: str, clean: bool) -> None:
+    ctx = call.ctx
+    with running(ctx.store, vm, op, call.task_ref):
+        uuid = ctx.store.get("VM", vm)["uuid"]
+        async with driver_errors(vm):
+            info = await hypervisor(ctx).reboot(uuid, clean=clean, timeout=CLEAN_SHUTDOWN_TIMEOUT)
+        vm_state.record_running(ctx, vm, info)
+
+
+async def clean_reboot(call: Call, vm: str) -> None:
+    await _reboot(call, vm, "clean_reboot", clean=True)
+
+
+async def hard_reboot(call: Call, vm: str) -> None:
+    await _reboot(call, vm, "hard_reboot", clean=False)
+
+
+async def pause(call: Call, vm: str) -> None:
+    with running(call.ctx.store, vm, "pause", call.task_ref):
+        async with driver_errors(vm):
+            await hypervisor(call.ctx).pause(call.ctx.store.get("VM", vm)["uuid"])
+        vm_state.record_paused(call.ctx, vm, True)
+
+
+async def unpause(call: Call, vm: str) -> None:
+    with running(call.ctx.store, vm, "unpause", call.task_ref):
+        async with driver_errors(vm):
+            await hypervisor(call.ctx).unpause(call.ctx.store.get("VM", vm)["uuid"])
+        vm_state.record_paused(call.ctx, vm, False)
+
+
+async def suspend(call: Call, vm: str) -> None:
+    ctx = call.ctx
+    with running(ctx.store, vm, "suspend", call.task_ref):
+        uuid = ctx.store.get("VM", vm)["uuid"]
+        image = vm_state.suspend_image_path(ctx, uuid)
+        image.parent.mkdir(parents=True, exist_ok=True)
+        async with driver_errors(vm):
+            await hypervisor(ctx).suspend(uuid, str(image))
+        vm_state.record_halted(ctx, vm, keep_suspend=True)
+
+
+async def _resume(call: Call, vm: str, op: str, paused: bool) -> None:
+    ctx = call.ctx
+    with running(ctx.store, vm, op, call.task_ref):
+        uuid = ctx.store.get("VM", vm)["uuid"]
+        spec = vm_state.load_spec(ctx, uuid)
+        image = vm_state.suspend_image_path(ctx, uuid)
+        if spec is None or not image.exists():
+            raise ApiError("VM_HAS_NO_SUSPEND_VDI", vm)
+        _check_can_boot(ctx, vm)
+        async with driver_errors(vm):
+            info = await hypervisor(ctx).resume(spec, str(image), paused=paused)
+        image.unlink(missing_ok=True)
+        vm_state.record_running(ctx, vm, info)
+
+
+async def resume(call: Call, vm: str, start_paused: bool, force: bool) -> None:
+    await _resume(call, vm, "resume", start_paused)
+
+
+async def resume_on(call: Call, vm: str, host: str, start_paused: bool, force: bool) -> None:
+    _check_this_host(call.ctx, host)
+    await _resume(call, vm, "resume_on", start_paused)
+
+
+async def power_state_reset(call: Call, vm: str) -> None:
+    """Force the record to Halted when it disagrees with reality (no domain is touched)."""
+    ctx = call.ctx
+    rec = ctx.store.get("VM", vm)
+    if rec["power_state"] in ("Running", "Paused"):
+        with contextlib.suppress(hv.HypervisorError):
+            if await hypervisor(ctx).state(rec["uuid"]):
+                raise ApiError("VM_BAD_POWER_STATE", vm, "halted", rec["power_state"].lower())
+    vm_state.suspend_image_path(ctx, rec["uuid"]).unlink(missing_ok=True)
+    vm_state.record_halted(ctx, vm)
+
+
+async def set_VCPUs_number_live(call: Call, vm: str, nvcpu: int) -> None:
+    ctx = call.ctx
+    rec = ctx.store.get("VM", vm)
+    if not 1 <= nvcpu <= rec["VCPUs_max"]:
+        raise ApiError("INVALID_VALUE", "nvcpu", str(nvcpu))
+    with running(ctx.store, vm, "changing_VCPUs_live", call.task_ref):
+        async with driver_errors(vm):
+            await hypervisor(ctx).set_vcpus(rec["uuid"], nvcpu)
+        ctx.store.update("VM_metrics", rec["metrics"], {"VCPUs_number": nvcpu})
+
+
+async def set_memory_dynamic_range(call: Call, vm: str, min: int, max: int) -> None:
+    ctx = call.ctx
+    rec = ctx.store.get("VM", vm)
+    check_memory({**rec, "memory_dynamic_min": min, "memory_dynamic_max": max})
+    with running(ctx.store, vm, "changing_dynamic_range", call.task_ref):
+        if rec["power_state"] == "Running":
+            target = max // MIB * MIB
+            async with driver_errors(vm):
+                await hypervisor(ctx).set_memory_target(rec["uuid"], target)
+            ctx.store.update("VM_metrics", rec["metrics"], {"memory_actual": target})
+            ctx.store.set_field("VM", vm, "memory_target", target)
+        ctx.store.update("VM", vm, {"memory_dynamic_min": min, "memory_dynamic_max": max})
+
+
+async def set_memory_target_live(call: Call, vm: str, target: int) -> None:
+    rec = call.ctx.store.get("VM", vm)
+    await set_memory_dynamic_range(call, vm, min(rec["memory_dynamic_min"], target), target)
+
+
+def _static_change(call: Call, vm: str, changes: dict[str, Any]) -> None:
+    store = call.ctx.store
+    rec = store.get("VM", vm)
+    check_memory({**rec, **changes})
+    with running(store, vm, "changing_static_range", call.task_ref):
+        store.update("VM", vm, changes)
+
+
+def set_memory_static_range(call: Call, vm: str, min: int, max: int) -> None:
+    _static_change(call, vm, {"memory_static_min": min, "memory_static_max": max})
+
+
+def set_memory_limits(
+    call: Call, vm: str, static_min: int, static_max: int, dynamic_min: int, dynamic_max: int
+) -> None:
+    _static_change(
+        call,
+        vm,
+        {
+            "memory_static_min": static_min,
+            "memory_static_max": static_max,
+            "memory_dynamic_min": dynamic_min,
+            "memory_dynamic_max": dynamic_max,
+        },
+    )
+
+
+def set_memory(call: Call, vm: str, value: int) -> None:
+    set_memory_limits(call, vm, min(call.ctx.store.get("VM", vm)["memory_static_min"], value), value, value, value)
+
+
+async def send_sysrq(call: Call, vm: str, key: str) -> None:
+    with running(call.ctx.store, vm, "send_sysrq", call.task_ref):
+        async with driver_errors(vm):
+            await hypervisor(call.ctx).send_sysrq(call.ctx.store.get("VM", vm)["uuid"], key)
+
+
+async def send_trigger(call: Call, vm: str, trigger: str) -> None:
+    with running(call.ctx.store, vm, "send_trigger", call.task_ref):
+        if trigger != "power":
+            raise ApiError("INVALID_VALUE", "trigger", trigger)
+        # The ACPI power button: the guest decides what to do with it.
+        async with driver_errors(vm):
+            await hypervisor(call.ctx).shutdown(call.ctx.store.get("VM", vm)["uuid"], clean=True, timeout=0.0)
+
+
+def assert_can_boot_here(call: Call, vm: str, host: str) -> None:
+    _check_this_host(call.ctx, host)
+    rec = call.ctx.store.get("VM", vm)
+    if rec["is_a_template"]:
+        raise ApiError("VM_IS_TEMPLATE", vm)
+    _check_can_boot(call.ctx, vm)
+
+
+def get_boot_record(call: Call, vm: str) -> dict[str, Any]:
+    return call.ctx.store.get("VM", vm)
+
+
+def _free_devices(call: Call, vm: str, cls: str, field: str, limit: int) -> list[str]:
+    store = call.ctx.store
+    used = {store.get(cls, ref)["userdevice" if cls == "VBD" else "device"] for ref in store.get("VM", vm)[field]}
+    return [str(i) for i in range(limit) if str(i) not in used]
+
+
+def get_allowed_VBD_devices(call: Call, vm: str) -> list[str]:
+    return _free_devices(call, vm, "VBD", "VBDs", MAX_VBD_DEVICES)
+
+
+def get_allowed_VIF_devices(call: Call, vm: str) -> list[str]:
+    return _free_devices(call, vm, "VIF", "VIFs", MAX_VIF_DEVICES)
+
+
+def compute_memory_overhead(call: Call, vm: str) -> int:
+    rec = call.ctx.store.get("VM", vm)
+    # QEMU's own footprint: a fixed part plus page tables, as a rough per-MiB share.
+    return int(32 * MIB + rec["memory_static_max"] // 128 + rec["VCPUs_max"] * MIB)
+
+
+MESSAGES: dict[str, Handler] = {
+    "start": start,
+    "start_on": start_on,
+    "clean_shutdown": clean_shutdown,
+    "hard_shutdown": hard_shutdown,
+    "shutdown": shutdown,
+    "clean_reboot": clean_reboot,
+    "hard_reboot": hard_reboot,
+    "pause": pause,
+    "unpause": unpause,
+    "suspend": suspend,
+    "resume": resume,
+    "resume_on": resume_on,
+    "power_state_reset": power_state_reset,
+    "set_VCPUs_number_live": set_VCPUs_number_live,
+    "set_memory_dynamic_range": set_memory_dynamic_range,
+    "set_memory_target_live": set_memory_target_live,
+    "set_memory_static_range": set_memory_static_range,
+    "set_memory_limits": set_memory_limits,
+    "set_memory": set_memory,
+    "send_sysrq": send_sysrq,
+    "send_trigger": send_trigger,
+    "assert_can_boot_here": assert_can_boot_here,
+    "get_boot_record": get_boot_record,
+    "get_allowed_VBD_devices": get_allowed_VBD_devices,
+    "get_allowed_VIF_devices": get_allowed_VIF_devices,
+    "compute_memory_overhead": compute_memory_overhead,
+}

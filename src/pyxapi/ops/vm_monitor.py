@@ -1,0 +1,144 @@
+"""What happens to VMs by themselves: guest exits, daemon restarts, guest-agent reports.
+
+* Every domain exit the driver reports that no client asked for (guest poweroff or reboot,
+  crash, the emulator killed) is handled within the driver's notice time by applying
+  actions_after_shutdown / actions_after_reboot / actions_after_crash.
+* On start, running domains are re-adopted and the DB is reconciled with them.
+* While a VM runs, its guest agent is polled into VM_guest_metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from pyxapi.context import Context
+from pyxapi.drivers.hypervisor import base as hv
+from pyxapi.model.errors import ApiError
+from pyxapi.ops import vm_state
+from pyxapi.ops.vm import boot
+
+log = logging.getLogger(__name__)
+
+RESTART_ACTIONS = frozenset({"restart", "coredump_and_restart", "rename_restart"})
+GUEST_POLL_SECONDS = 5.0
+
+
+class VMMonitor:
+    def __init__(self, ctx: Context, driver: hv.HypervisorDriver) -> None:
+        self.ctx = ctx
+        self.driver = driver
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _vm_by_uuid(self, uuid: str) -> str | None:
+        try:
+            return self.ctx.store.by_uuid("VM", uuid)
+        except ApiError:
+            return None
+
+    async def start(self) -> None:
+        """Subscribe before reconciling, so no exit between the two is missed."""
+        stream = self.driver.subscribe()
+        await self.reconcile()
+        self._tasks.append(asyncio.create_task(self._watch(stream), name="vm-monitor"))
+        self._tasks.append(asyncio.create_task(self._poll_guests(), name="guest-metrics"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def reconcile(self) -> None:
+        store = self.ctx.store
+        live = {d.uuid: d for d in await self.driver.adopt()}
+        for vm, rec in store.items("VM"):
+            if rec["is_control_domain"]:
+                continue
+            domain = live.get(rec["uuid"])
+            if domain is not None:
+                vm_state.record_running(self.ctx, vm, domain)
+            elif rec["power_state"] in ("Running", "Paused") and rec["resident_on"] == self.ctx.host_ref:
+                log.info("VM %s is no longer running: marking it Halted", rec["uuid"])
+                vm_state.record_halted(self.ctx, vm)
+        for uuid in set(live) - {rec["uuid"] for _, rec in store.items("VM")}:
+            log.warning("domain %s belongs to no VM; leaving it alone", uuid)
+
+    async def _watch(self, stream: hv.EventStream[hv.DomainEvent]) -> None:
+        async for event in stream:
+            try:
+                await self.handle_exit(event)
+            except Exception:
+                log.exception("handling the exit of domain %s failed", event.uuid)
+
+    async def handle_exit(self, event: hv.DomainEvent) -> None:
+        if event.requested or event.reason == hv.ExitReason.SUSPENDED:
+            return  # the operation that caused it records the outcome
+        vm = self._vm_by_uuid(event.uuid)
+        if vm is None:
+            return
+        rec = self.ctx.store.get("VM", vm)
+        if rec["current_operations"]:
+            return  # an operation in flight owns the VM's state
+        match event.reason:
+            case hv.ExitReason.POWEROFF:
+                action = rec["actions_after_shutdown"]
+            case hv.ExitReason.REBOOT:
+                action = rec["actions_after_reboot"]
+            case _:
+                action = rec["actions_after_crash"]
+        log.info("VM %s exited (%s): %s", rec["uuid"], event.reason, action)
+        vm_state.record_halted(self.ctx, vm)
+        if action in RESTART_ACTIONS:
+            try:
+                await boot(self.ctx, vm, paused=False)
+            except ApiError as e:
+                log.warning("could not restart VM %s: %s", rec["uuid"], e.description)
+
+    async def _poll_guests(self) -> None:
+        while True:
+            await asyncio.sleep(GUEST_POLL_SECONDS)
+            for vm, rec in self.ctx.store.items("VM"):
+                if rec["power_state"] != "Running" or rec["is_control_domain"]:
+                    continue
+                await self.refresh_guest(vm, rec["uuid"])
+
+    async def refresh_guest(self, vm: str, uuid: str) -> bool:
+        try:
+            info = await self.driver.guest_agent(uuid, timeout=3.0)
+        except hv.HypervisorError:
+            return False
+        if not self.ctx.store.exists("VM", vm):
+            return False
+        networks: dict[str, str] = {}
+        index = 0
+        for iface in info.interfaces:
+            if iface.name == "lo":
+                continue
+            for i, addr in enumerate(iface.ipv4):
+                networks[f"{index}/ip" if i == 0 else f"{index}/ipv4/{i}"] = addr
+                if i == 0:
+                    networks[f"{index}/ipv4/0"] = addr
+            for i, addr in enumerate(iface.ipv6):
+                networks[f"{index}/ipv6/{i}"] = addr
+            index += 1
+        os_version = {k: v for k, v in info.os.items() if v}
+        if "pretty-name" in info.os:
+            os_version["name"] = info.os["pretty-name"]
+        if "kernel-release" in info.os:
+            os_version["uname"] = info.os["kernel-release"]
+        vm_state.record_guest_info(
+            self.ctx,
+            vm,
+            {
+                "networks": networks,
+                "os_version": os_version,
+                "PV_drivers_detected": True,
+                "PV_drivers_up_to_date": True,
+                "PV_drivers_version": {"major": "1", "minor": "0", "micro": "0"},
+                "other": {"feature-shutdown": "1", "has-vendor-device": "0"},
+            },
+        )
+        return True
