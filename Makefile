@@ -9,7 +9,7 @@ HYPERVISOR ?= auto
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench deps apt-deps clean
+.PHONY: run test lint bench deps apt-deps guest-image clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ deps: $(STAMP)
 apt-deps:
 	@sh scripts/install-debian-deps.sh
 
-run: deps apt-deps
+# The "pyxapi test guest" template boots this image (built from Debian packages, cached).
+guest-image:
+	@images/build-test-guest $(DATA)/images/test-guest >/dev/null || echo "pyxapi: could not build the test guest image (see images/README.md)"
+
+run: deps apt-deps guest-image
 	$(BIN)/pyxapi serve --host 127.0.0.1 --port $(PORT) --tls-port $(TLS_PORT) --data-dir $(DATA) --hypervisor $(HYPERVISOR)
 
 test: deps apt-deps

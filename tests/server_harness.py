@@ -28,6 +28,7 @@ class Daemon:
     tls_port: int
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    hypervisor: str = "sim"
 
     @property
     def url(self) -> str:
@@ -73,7 +74,7 @@ class Daemon:
                 "--data-dir",
                 str(self.data_dir),
                 "--hypervisor",
-                "sim",
+                self.hypervisor,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -99,5 +100,5 @@ class Daemon:
         self.kill(signal.SIGTERM)
 
 
-def new_daemon(tmp: Path) -> Daemon:
-    return Daemon(tmp / "data", free_port(), free_port())
+def new_daemon(tmp: Path, hypervisor: str = "sim") -> Daemon:
+    return Daemon(tmp / "data", free_port(), free_port(), hypervisor=hypervisor)

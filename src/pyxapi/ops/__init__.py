@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyxapi.api.dispatch import Handler
 from pyxapi.model.schema import Model
-from pyxapi.ops import blob, event, host, message, role, secret, session, task, vm
+from pyxapi.ops import blob, event, host, message, role, secret, session, task, vm, vm_clone
 
 
 def custom_handlers(model: Model) -> dict[str, dict[str, Handler]]:
@@ -17,7 +17,7 @@ def custom_handlers(model: Model) -> dict[str, dict[str, Handler]]:
         "secret": dict(secret.MESSAGES),
         "role": dict(role.MESSAGES),
         "host": dict(host.MESSAGES),
-        "VM": dict(vm.MESSAGES),
+        "VM": {**vm.MESSAGES, **vm_clone.MESSAGES},
     }
     for cdef in model.classes.values():
         if "create_new_blob" in cdef.messages:

@@ -12,6 +12,7 @@ from pyxapi.context import Context
 from pyxapi.db.store import NULL_REF, Store
 from pyxapi.hostinfo import HostFacts, cpu_features, cpu_info, software_version
 from pyxapi.model.schema import ROLE_ORDER
+from pyxapi.ops.templates import install_templates
 from pyxapi.wire.marshal import now_datetime
 
 ROLE_DESCRIPTIONS = {
@@ -33,6 +34,7 @@ def bootstrap(ctx: Context, facts: HostFacts) -> None:
             _create_roles(store)
         host = _this_host(store)
         _refresh_host(ctx, host, facts)
+        install_templates(store, ctx.config.data_dir / "images")
     ctx.host_ref = host
     ctx.pool_ref = store.refs("pool")[0]
 
