@@ -8,6 +8,7 @@ import contextlib
 import getpass
 import logging
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -100,7 +101,15 @@ def ensure_root_account(accounts: AccountFile) -> str | None:
     return None if given else password
 
 
+def _raise_fd_limit() -> None:
+    """Every waiting event.from client holds a socket: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(config: Config) -> None:
+    _raise_fd_limit()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     generated = ensure_root_account(AccountFile(config.data_dir / "accounts.json"))
     ctx, dispatcher = build(config)

@@ -10,7 +10,6 @@ that event.from tokens are made of.
 from __future__ import annotations
 
 import asyncio
-import copy
 import uuid as uuidlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -137,7 +136,8 @@ class Store:
                 self._objects[cls][ref] = rec
 
     def defaults(self, cls: str) -> Record:
-        return copy.deepcopy(self._defaults[cls])
+        # Defaults are flat (scalars, or lists/maps of scalars): copying the containers is enough.
+        return {k: v.copy() if isinstance(v, list | dict) else v for k, v in self._defaults[cls].items()}
 
     # ---- reads ----------------------------------------------------------------------------
     def has_class(self, cls: str) -> bool:

@@ -14,11 +14,12 @@ from typing import Any
 from pyxapi.api.dispatch import Call, Handler
 from pyxapi.context import Context
 from pyxapi.drivers.hypervisor import base as hv
-from pyxapi.engine.operations import running
+from pyxapi.engine.operations import refresh_vm_allowed, running
 from pyxapi.engine.vm_spec import MIB, check_memory, domain_spec
 from pyxapi.model.errors import INTERNAL_ERROR, OPERATION_NOT_ALLOWED, ApiError
 from pyxapi.ops import vm_state
 from pyxapi.ops.vm_state import hypervisor
+from pyxapi.wire.marshal import now_datetime
 
 CLEAN_SHUTDOWN_TIMEOUT = 120.0
 MAX_VBD_DEVICES = 12
@@ -316,7 +317,20 @@ def compute_memory_overhead(call: Call, vm: str) -> int:
     return int(32 * MIB + rec["memory_static_max"] // 128 + rec["VCPUs_max"] * MIB)
 
 
+def create(call: Call, record: dict[str, Any]) -> str:
+    """VM.create: the record (defaults filled in) plus its VM_metrics, as xapi makes them."""
+    store = call.ctx.store
+    cdef = call.ctx.model.classes["VM"]
+    fields = {k: v for k, v in record.items() if cdef.fields[k].qualifier in ("RW", "StaticRO")}
+    with store.transaction():
+        vm = store.create("VM", fields)
+        store.set_field("VM", vm, "metrics", store.create("VM_metrics", {"last_updated": now_datetime()}))
+        refresh_vm_allowed(store, vm)
+    return vm
+
+
 MESSAGES: dict[str, Handler] = {
+    "create": create,
     "start": start,
     "start_on": start_on,
     "clean_shutdown": clean_shutdown,

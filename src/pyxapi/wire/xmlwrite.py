@@ -13,11 +13,12 @@ import xmlrpc.client
 from datetime import datetime
 from typing import Any
 
-_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
-
 
 def escape(text: str) -> str:
-    return text.translate(_ESCAPES)
+    # Most strings need no escaping; checking first is ~10x cheaper than translating every one.
+    if "&" in text or "<" in text or ">" in text:
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text
 
 
 def write_value(value: Any, out: list[str]) -> None:
