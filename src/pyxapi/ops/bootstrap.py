@@ -12,6 +12,7 @@ from pyxapi.context import Context
 from pyxapi.db.store import NULL_REF, Store
 from pyxapi.hostinfo import HostFacts, cpu_features, cpu_info, software_version
 from pyxapi.model.schema import ROLE_ORDER
+from pyxapi.ops.host import reenable_after_restart
 from pyxapi.ops.templates import install_templates
 from pyxapi.wire.marshal import now_datetime
 
@@ -37,6 +38,7 @@ def bootstrap(ctx: Context, facts: HostFacts) -> None:
         install_templates(store, ctx.config.data_dir / "images")
     ctx.host_ref = host
     ctx.pool_ref = store.refs("pool")[0]
+    reenable_after_restart(ctx)
 
 
 def _this_host(store: Store) -> str:

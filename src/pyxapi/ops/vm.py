@@ -18,6 +18,7 @@ from pyxapi.engine.operations import refresh_vm_allowed, running
 from pyxapi.engine.vm_spec import MIB, check_memory, domain_spec
 from pyxapi.model.errors import INTERNAL_ERROR, OPERATION_NOT_ALLOWED, ApiError
 from pyxapi.ops import vm_state
+from pyxapi.ops.host import free_memory
 from pyxapi.ops.vm_state import hypervisor
 from pyxapi.wire.marshal import now_datetime
 
@@ -45,25 +46,12 @@ async def driver_errors(vm: str) -> AsyncIterator[None]:
         raise ApiError(INTERNAL_ERROR, f"{type(e).__name__}: {e}") from None
 
 
-def _free_memory(ctx: Context) -> int:
-    """What this host can still give guests: total less dom0's share and running guests'."""
-    store = ctx.store
-    host = store.get("host", ctx.host_ref)
-    total = store.get("host_metrics", host["metrics"])["memory_total"]
-    used = 0
-    for vm in host["resident_VMs"]:
-        rec = store.get("VM", vm)
-        if rec["is_control_domain"]:
-            used += ctx.services.get("dom0_memory", min(rec["memory_target"], 1 << 30))
-        elif rec["power_state"] in ("Running", "Paused"):
-            used += rec["memory_static_max"]
-    return max(0, total - used)
-
-
 def _check_can_boot(ctx: Context, vm: str) -> None:
     rec = ctx.store.get("VM", vm)
+    if not ctx.store.get("host", ctx.host_ref)["enabled"]:
+        raise ApiError("HOST_DISABLED", ctx.host_ref)
     check_memory(rec)
-    needed, available = rec["memory_static_max"], _free_memory(ctx)
+    needed, available = rec["memory_static_max"], free_memory(ctx)
     if needed > available:
         raise ApiError("HOST_NOT_ENOUGH_FREE_MEMORY", needed, available)
 

@@ -1,0 +1,44 @@
+"""host.* on one host: enable/disable, evacuation, free memory, plugins, power refusal."""
+
+from __future__ import annotations
+
+import json
+
+from tests.ops.test_vm_power import Api, api, new_vm  # noqa: F401 - the fixture
+
+
+async def test_disable_blocks_starts_until_enabled(api: Api) -> None:  # noqa: F811
+    host = api.ctx.host_ref
+    vm = await new_vm(api)
+    await api("host.disable", host, False)
+    assert await api("host.get_enabled", host) is False
+    assert await api.error("VM.start", vm, False, False) == ["HOST_DISABLED", host]
+    await api("host.enable", host)
+    await api("VM.start", vm, False, False)
+    assert await api("VM.get_power_state", vm) == "Running"
+
+
+async def test_free_memory_follows_running_guests(api: Api) -> None:  # noqa: F811
+    host = api.ctx.host_ref
+    before = await api("host.compute_free_memory", host)
+    vm = await new_vm(api)
+    await api("VM.start", vm, False, False)
+    after = await api("host.compute_free_memory", host)
+    assert before - after == await api("VM.get_memory_static_max", vm)
+    # evacuation has nowhere to go in a one-host pool while a guest runs
+    assert await api("host.get_vms_which_prevent_evacuation", host) == {vm: ["NO_HOSTS_AVAILABLE"]}
+    assert (await api.error("host.evacuate", host, "OpaqueRef:NULL", 0))[0] == "CANNOT_EVACUATE_HOST"
+    await api("VM.hard_shutdown", vm)
+    await api("host.evacuate", host, "OpaqueRef:NULL", 0)
+
+
+async def test_plugins_and_power(api: Api) -> None:  # noqa: F811
+    host = api.ctx.host_ref
+    assert json.loads(await api("host.call_plugin", host, "pyxapi", "echo", {"a": "1"})) == {"a": "1"}
+    assert float(await api("host.call_plugin", host, "pyxapi", "uptime", {})) > 0
+    assert await api.error("host.call_plugin", host, "nope", "x", {}) == ["XENAPI_MISSING_PLUGIN", "nope"]
+    assert (await api.error("host.call_plugin", host, "pyxapi", "nope", {}))[0] == "XENAPI_PLUGIN_FAILURE"
+    assert await api.error("host.reboot", host) == ["HOST_NOT_DISABLED"]
+    await api("host.disable", host, True)
+    assert (await api.error("host.reboot", host))[0] == "OPERATION_NOT_ALLOWED"
+    assert await api("host.get_enabled", host) is False
