@@ -42,3 +42,15 @@ async def test_plugins_and_power(api: Api) -> None:  # noqa: F811
     await api("host.disable", host, True)
     assert (await api.error("host.reboot", host))[0] == "OPERATION_NOT_ALLOWED"
     assert await api("host.get_enabled", host) is False
+
+
+async def test_auto_enable_comes_back_at_the_next_start(api: Api) -> None:  # noqa: F811
+    from pyxapi.ops.host import reenable_after_restart
+
+    host = api.ctx.host_ref
+    await api("host.disable", host, True)
+    reenable_after_restart(api.ctx)
+    assert await api("host.get_enabled", host) is True
+    await api("host.disable", host, False)
+    reenable_after_restart(api.ctx)
+    assert await api("host.get_enabled", host) is False
