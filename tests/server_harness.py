@@ -29,6 +29,8 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     hypervisor: str = "sim"
+    network: str = "sim"
+    netns: str | None = None
 
     @property
     def url(self) -> str:
@@ -75,6 +77,9 @@ class Daemon:
                 str(self.data_dir),
                 "--hypervisor",
                 self.hypervisor,
+                "--network",
+                self.network,
+                *(["--netns", self.netns] if self.netns else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -100,5 +105,5 @@ class Daemon:
         self.kill(signal.SIGTERM)
 
 
-def new_daemon(tmp: Path, hypervisor: str = "sim") -> Daemon:
-    return Daemon(tmp / "data", free_port(), free_port(), hypervisor=hypervisor)
+def new_daemon(tmp: Path, hypervisor: str = "sim", network: str = "sim", netns: str | None = None) -> Daemon:
+    return Daemon(tmp / "data", free_port(), free_port(), hypervisor=hypervisor, network=network, netns=netns)

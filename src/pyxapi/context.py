@@ -23,6 +23,8 @@ class Config:
     tls_port: int | None = 8443
     unix_socket: Path | None = None
     hypervisor: str = "sim"
+    network: str = "sim"
+    netns: str | None = None  # where bridges, taps, DHCP and QEMU live (None: this namespace)
     max_sessions: int = 400
     session_idle_timeout: float = 24 * 3600.0
     max_finished_tasks: int = 200

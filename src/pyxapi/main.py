@@ -24,6 +24,7 @@ from pyxapi.context import Config, Context
 from pyxapi.db.sqlite import SqliteLog
 from pyxapi.db.store import Store
 from pyxapi.drivers.hypervisor.base import HypervisorDriver
+from pyxapi.drivers.network import DRIVER_KINDS, create_driver
 from pyxapi.engine.events import EventService
 from pyxapi.engine.sessions import Sessions
 from pyxapi.engine.tasks import TaskRunner
@@ -32,6 +33,7 @@ from pyxapi.model.schema import ROLE_ORDER, load_model
 from pyxapi.ops import custom_handlers
 from pyxapi.ops.bootstrap import bootstrap
 from pyxapi.ops.implicit import implicit_handler
+from pyxapi.ops.network_runtime import NetworkRuntime
 from pyxapi.ops.vm_monitor import VMMonitor
 from pyxapi.security import ensure_tls_certificate, generate_password, ssl_context
 from pyxapi.wire.marshal import Marshaller
@@ -52,8 +54,19 @@ def make_hypervisor(config: Config) -> HypervisorDriver:
     if name == "qemu":
         from pyxapi.drivers.hypervisor.qemu import QemuDriver
 
-        return QemuDriver(config.data_dir / "run" / "qemu")
+        return QemuDriver(config.data_dir / "run" / "qemu", netns=config.netns)
     raise SystemExit(f"pyxapi: unknown hypervisor driver {config.hypervisor!r} (sim, qemu, auto)")
+
+
+def make_network(ctx: Context) -> NetworkRuntime:
+    """The configured network driver; `auto` takes the Linux bridge driver."""
+    config = ctx.config
+    kind = "bridge" if config.network == "auto" else config.network
+    if kind not in DRIVER_KINDS:
+        raise SystemExit(f"pyxapi: unknown network driver {config.network!r} ({', '.join(DRIVER_KINDS)}, auto)")
+    run_dir = config.data_dir / "run" / "net"
+    driver = create_driver(kind, netns=config.netns, run_dir=run_dir / "ovs")
+    return NetworkRuntime(ctx, driver, run_dir, config.netns)
 
 
 def build(config: Config) -> tuple[Context, Dispatcher]:
@@ -70,6 +83,7 @@ def build(config: Config) -> tuple[Context, Dispatcher]:
     ctx.services["pool_secret"] = _pool_secret(config.data_dir)
     ctx.services["hypervisor"] = make_hypervisor(config)
     bootstrap(ctx, read_host_facts())
+    ctx.services["network"] = make_network(ctx)
     sessions.host_ref = tasks.host_ref = ctx.host_ref
     sessions.pool_ref = ctx.pool_ref
     stored = {c.name for c in model.stored_classes()}
@@ -113,6 +127,10 @@ async def serve(config: Config) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     generated = ensure_root_account(AccountFile(config.data_dir / "accounts.json"))
     ctx, dispatcher = build(config)
+    # Bridges, DHCP and re-adopted guests are in place before the first request is accepted.
+    await ctx.services["network"].start()
+    monitor = VMMonitor(ctx, ctx.services["hypervisor"])
+    await monitor.start()
     app = make_app(dispatcher, config.max_request_bytes)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
@@ -137,17 +155,24 @@ async def serve(config: Config) -> None:
     sys.stdout.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    daemon_pid = os.getpid()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Not loop.add_signal_handler: its wakeup fd is inherited by forked helpers (pyroute2's
+        # netns workers), and a SIGTERM ending such a helper would then stop the daemon too.
+        if os.getpid() == daemon_pid:
+            loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     maintenance = asyncio.create_task(_maintenance(ctx))
-    monitor = VMMonitor(ctx, ctx.services["hypervisor"])
-    await monitor.start()
     try:
         await stop.wait()
     finally:
         maintenance.cancel()
         await monitor.stop()
         await ctx.services["hypervisor"].close()
+        await ctx.services["network"].stop()
         await ctx.tasks.shutdown()
         await runner.cleanup()
 
@@ -181,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--tls-port", type=int, default=8443, help="HTTPS port (0 disables)")
     s.add_argument("--data-dir", type=Path, default=Path("/var/lib/pyxapi") if os.geteuid() == 0 else Path("var"))
-    s.add_argument("--hypervisor", default="auto")
+    s.add_argument("--hypervisor", default="auto", help="qemu, sim, or auto (qemu when installed)")
+    s.add_argument("--network", default="auto", help="bridge, ovs, sim, or auto (bridge)")
+    s.add_argument("--netns", help="network namespace for bridges, taps, DHCP and guests (must exist)")
     s.add_argument("--unix-socket", type=Path)
     s.add_argument("--log-level", default="INFO")
     p = sub.add_parser("passwd", help="set a local account's password (offline; creates the account)")
@@ -201,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         tls_port=args.tls_port or None,
         unix_socket=args.unix_socket,
         hypervisor=args.hypervisor,
+        network=args.network,
+        netns=args.netns,
     )
     asyncio.run(serve(config))
 

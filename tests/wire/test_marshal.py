@@ -6,7 +6,8 @@ import pytest
 
 from pyxapi.model import ApiError, load_model
 from pyxapi.model.types import BOOL, DATETIME, FLOAT, INT, STRING, Enum, Map, Option, Record, Ref, Set, parse_type
-from pyxapi.wire import jsonrpc, xmlrpc as xml
+from pyxapi.wire import jsonrpc
+from pyxapi.wire import xmlrpc as xml
 from pyxapi.wire.marshal import Marshaller, parse_datetime
 from pyxapi.wire.xmlrpc import WireError
 
@@ -72,7 +73,10 @@ def test_xmlrpc_request_parsing() -> None:
     body = xmlrpc.client.dumps(("OpaqueRef:s", 5, None), "VM.get_record", allow_none=True).encode()
     method, params = xml.parse_request(body)
     assert method == "VM.get_record" and params == ["OpaqueRef:s", 5, None]
-    bare = b"<?xml version='1.0'?><methodCall><methodName>x.y</methodName><params><param><value>plain</value></param><param><value><i8>9</i8></value></param></params></methodCall>"
+    bare = (
+        b"<?xml version='1.0'?><methodCall><methodName>x.y</methodName><params>"
+        b"<param><value>plain</value></param><param><value><i8>9</i8></value></param></params></methodCall>"
+    )
     assert xml.parse_request(bare) == ("x.y", ["plain", 9])
     for bad in [b"", b"<methodCall>", b"not xml at all", b"<methodCall><params/></methodCall>"]:
         with pytest.raises(WireError):
@@ -95,7 +99,10 @@ def test_jsonrpc_envelopes() -> None:
     assert not v1.v2 and v2.v2
     assert jsonrpc.success(v1, 5) == b'{"result":5,"error":null,"id":3}'
     assert jsonrpc.success(v2, 5) == b'{"jsonrpc":"2.0","result":5,"id":"x"}'
-    assert jsonrpc.failure(v2, ApiError("X", "p")) == b'{"jsonrpc":"2.0","error":{"code":1,"message":"X","data":["p"]},"id":"x"}'
+    assert (
+        jsonrpc.failure(v2, ApiError("X", "p"))
+        == b'{"jsonrpc":"2.0","error":{"code":1,"message":"X","data":["p"]},"id":"x"}'
+    )
     for bad in [b"[]", b'{"method": 1, "id": 1}', b'{"method": "a", "params": [], "id": null}', b"{"]:
         with pytest.raises(WireError):
             jsonrpc.parse_request(bad)

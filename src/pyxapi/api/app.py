@@ -10,6 +10,7 @@ import logging
 from aiohttp import web
 
 from pyxapi.api.dispatch import Dispatcher
+from pyxapi.api.handlers import console
 from pyxapi.model.errors import ApiError
 from pyxapi.wire import jsonrpc, xmlrpc
 from pyxapi.wire.xmlrpc import WireError
@@ -92,9 +93,12 @@ async def options(request: web.Request) -> web.Response:
 
 
 def make_app(dispatcher: Dispatcher, max_request_bytes: int) -> web.Application:
-    app = web.Application(client_max_size=max_request_bytes)
+    # A TunnelingApplication so that `CONNECT /console?…` is caught before aiohttp's parser,
+    # which only knows authority-form CONNECT targets (see api/handlers/console.py).
+    app = console.TunnelingApplication(client_max_size=max_request_bytes)
     rpc = RpcEndpoints(dispatcher)
     app.router.add_get("/", root_page)
+    console.install(app, dispatcher.ctx)
     app.router.add_route("OPTIONS", "/{tail:.*}", options)
     app.router.add_post("/{tail:.*}", rpc.post)
     return app

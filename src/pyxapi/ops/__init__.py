@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyxapi.api.dispatch import Handler
 from pyxapi.model.schema import Model
-from pyxapi.ops import blob, event, host, message, role, secret, session, task, vm, vm_clone
+from pyxapi.ops import blob, event, host, message, role, secret, session, task, vif, vm, vm_clone
 
 
 def custom_handlers(model: Model) -> dict[str, dict[str, Handler]]:
@@ -18,6 +18,7 @@ def custom_handlers(model: Model) -> dict[str, dict[str, Handler]]:
         "role": dict(role.MESSAGES),
         "host": dict(host.MESSAGES),
         "VM": {**vm.MESSAGES, **vm_clone.MESSAGES},
+        "VIF": dict(vif.MESSAGES),
     }
     for cdef in model.classes.values():
         if "create_new_blob" in cdef.messages:

@@ -13,6 +13,7 @@ from pyxapi.db.store import NULL_REF, Store
 from pyxapi.hostinfo import HostFacts, cpu_features, cpu_info, software_version
 from pyxapi.model.schema import ROLE_ORDER
 from pyxapi.ops.host import reenable_after_restart
+from pyxapi.ops.network_runtime import ensure_internal_network
 from pyxapi.ops.templates import install_templates
 from pyxapi.wire.marshal import now_datetime
 
@@ -36,6 +37,7 @@ def bootstrap(ctx: Context, facts: HostFacts) -> None:
         host = _this_host(store)
         _refresh_host(ctx, host, facts)
         install_templates(store, ctx.config.data_dir / "images")
+        ensure_internal_network(ctx)
     ctx.host_ref = host
     ctx.pool_ref = store.refs("pool")[0]
     reenable_after_restart(ctx)

@@ -64,12 +64,27 @@ def _check_this_host(ctx: Context, host: str) -> None:
 async def boot(ctx: Context, vm: str, paused: bool) -> None:
     """Start the VM's domain and record it; also used by the monitor to restart guests."""
     _check_can_boot(ctx, vm)
-    resolvers = ctx.services.get("device_resolvers", {})
-    spec = domain_spec(ctx.store, vm, resolvers.get("disks"), resolvers.get("nics"))
-    async with driver_errors(vm):
-        info = await hypervisor(ctx).start(spec, paused=paused)
+    network = ctx.services.get("network")
+    nics = await network.plug_vifs(vm) if network else {}
+    try:
+        spec = domain_spec(ctx.store, vm, nics=lambda vif, rec: nics.get(vif))
+        async with driver_errors(vm):
+            info = await hypervisor(ctx).start(spec, paused=paused)
+    except BaseException:
+        await release_devices(ctx, vm)
+        raise
     vm_state.save_spec(ctx, spec)
     vm_state.record_running(ctx, vm, info)
+    if network:
+        network.mark_attached(vm, True)
+
+
+async def release_devices(ctx: Context, vm: str) -> None:
+    """After a domain is gone: take its taps off the bridges (disks follow with storage)."""
+    network = ctx.services.get("network")
+    if network and ctx.store.exists("VM", vm):
+        await network.unplug_vifs(vm)
+        network.mark_attached(vm, False)
 
 
 async def start(call: Call, vm: str, start_paused: bool, force: bool) -> None:
@@ -94,6 +109,7 @@ async def _stop(call: Call, vm: str, op: str, clean: bool) -> None:
             async with driver_errors(vm):
                 await hypervisor(ctx).shutdown(rec["uuid"], clean=clean, timeout=CLEAN_SHUTDOWN_TIMEOUT)
         vm_state.record_halted(ctx, vm)
+        await release_devices(ctx, vm)
 
 
 async def clean_shutdown(call: Call, vm: str) -> None:
@@ -159,6 +175,7 @@ async def suspend(call: Call, vm: str) -> None:
         async with driver_errors(vm):
             await hypervisor(ctx).suspend(uuid, str(image))
         vm_state.record_halted(ctx, vm, keep_suspend=True)
+        await release_devices(ctx, vm)
 
 
 async def _resume(call: Call, vm: str, op: str, paused: bool) -> None:
@@ -170,10 +187,19 @@ async def _resume(call: Call, vm: str, op: str, paused: bool) -> None:
         if spec is None or not image.exists():
             raise ApiError("VM_HAS_NO_SUSPEND_VDI", vm)
         _check_can_boot(ctx, vm)
-        async with driver_errors(vm):
-            info = await hypervisor(ctx).resume(spec, str(image), paused=paused)
+        network = ctx.services.get("network")
+        if network:
+            await network.plug_vifs(vm)  # the same tap names the suspended spec opens
+        try:
+            async with driver_errors(vm):
+                info = await hypervisor(ctx).resume(spec, str(image), paused=paused)
+        except BaseException:
+            await release_devices(ctx, vm)
+            raise
         image.unlink(missing_ok=True)
         vm_state.record_running(ctx, vm, info)
+        if network:
+            network.mark_attached(vm, True)
 
 
 async def resume(call: Call, vm: str, start_paused: bool, force: bool) -> None:
@@ -195,6 +221,7 @@ async def power_state_reset(call: Call, vm: str) -> None:
                 raise ApiError("VM_BAD_POWER_STATE", vm, "halted", rec["power_state"].lower())
     vm_state.suspend_image_path(ctx, rec["uuid"]).unlink(missing_ok=True)
     vm_state.record_halted(ctx, vm)
+    await release_devices(ctx, vm)
 
 
 async def set_VCPUs_number_live(call: Call, vm: str, nvcpu: int) -> None:

@@ -17,7 +17,7 @@ from pyxapi.context import Context
 from pyxapi.drivers.hypervisor import base as hv
 from pyxapi.model.errors import ApiError
 from pyxapi.ops import vm_state
-from pyxapi.ops.vm import boot
+from pyxapi.ops.vm import boot, release_devices
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class VMMonitor:
             elif rec["power_state"] in ("Running", "Paused") and rec["resident_on"] == self.ctx.host_ref:
                 log.info("VM %s is no longer running: marking it Halted", rec["uuid"])
                 vm_state.record_halted(self.ctx, vm)
+                await release_devices(self.ctx, vm)
         for uuid in set(live) - {rec["uuid"] for _, rec in store.items("VM")}:
             log.warning("domain %s belongs to no VM; leaving it alone", uuid)
 
@@ -91,6 +92,7 @@ class VMMonitor:
                 action = rec["actions_after_crash"]
         log.info("VM %s exited (%s): %s", rec["uuid"], event.reason, action)
         vm_state.record_halted(self.ctx, vm)
+        await release_devices(self.ctx, vm)
         if action in RESTART_ACTIONS:
             try:
                 await boot(self.ctx, vm, paused=False)
@@ -112,18 +114,22 @@ class VMMonitor:
             return False
         if not self.ctx.store.exists("VM", vm):
             return False
+        store = self.ctx.store
+        # xapi keys guest addresses by VIF device number: match the guest's NICs by MAC.
+        device_of = {
+            store.get("VIF", v)["MAC"].lower(): store.get("VIF", v)["device"] for v in store.get("VM", vm)["VIFs"]
+        }
         networks: dict[str, str] = {}
-        index = 0
         for iface in info.interfaces:
-            if iface.name == "lo":
+            if iface.name == "lo" or iface.mac.lower() not in device_of:
                 continue
+            index = device_of[iface.mac.lower()]
             for i, addr in enumerate(iface.ipv4):
                 networks[f"{index}/ip" if i == 0 else f"{index}/ipv4/{i}"] = addr
                 if i == 0:
                     networks[f"{index}/ipv4/0"] = addr
             for i, addr in enumerate(iface.ipv6):
                 networks[f"{index}/ipv6/{i}"] = addr
-            index += 1
         os_version = {k: v for k, v in info.os.items() if v}
         if "pretty-name" in info.os:
             os_version["name"] = info.os["pretty-name"]

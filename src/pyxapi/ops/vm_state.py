@@ -15,6 +15,7 @@ from pyxapi.db.store import NULL_REF
 from pyxapi.drivers.hypervisor.base import DomainInfo, DomainSpec, DomainState, HypervisorDriver
 from pyxapi.engine.operations import refresh_vm_allowed
 from pyxapi.model.errors import ApiError
+from pyxapi.ops import console
 from pyxapi.wire.marshal import now_datetime
 
 
@@ -83,6 +84,7 @@ def record_running(ctx: Context, vm: str, info: DomainInfo) -> None:
         if rec["power_state"] in ("Halted", "Suspended"):
             changes["start_time"] = now_datetime()
         store.update("VM_metrics", _metrics(ctx, vm), changes)
+        console.ensure_consoles(ctx, vm)  # idempotent: re-adoption after a restart calls this again
         refresh_vm_allowed(store, vm)
 
 
@@ -108,6 +110,7 @@ def record_halted(ctx: Context, vm: str, keep_suspend: bool = False) -> None:
         guest = store.get("VM", vm)["guest_metrics"]
         if guest != NULL_REF and store.exists("VM_guest_metrics", guest):
             store.update("VM_guest_metrics", guest, {"live": False, "last_updated": now_datetime()})
+        console.destroy_consoles(ctx, vm)  # halted and suspended VMs have no consoles, as in xapi
         refresh_vm_allowed(store, vm)
     if not keep_suspend:
         with contextlib.suppress(FileNotFoundError):

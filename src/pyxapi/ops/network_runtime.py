@@ -1,0 +1,153 @@
+"""Networks made real on this host: bridges, the internal network's address and DHCP, VIF taps.
+
+Records say what should exist; this module asks the network driver to make it so at start-up
+and when VMs start and stop. Devices live in the configured network namespace (the tests' own,
+or the host's), never on the machine's real uplink unless a PIF says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import re
+from pathlib import Path
+
+from pyxapi.context import Context
+from pyxapi.db.store import NULL_REF
+from pyxapi.drivers.hypervisor.base import NicSpec
+from pyxapi.drivers.network import base as net
+from pyxapi.drivers.network.dhcp import DhcpConfig, DhcpService
+from pyxapi.model.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+INTERNAL_SUBNET_KEY = "pyxapi_internal_subnet"  # other_config: host address/prefix, e.g. 10.213.0.1/24
+INTERNAL_NETWORK = "pyxapi internal network"
+INTERNAL_BRIDGE = "xapi0"
+DEFAULT_SUBNET = "10.213.0.1/24"
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def valid_mac(mac: str) -> bool:
+    return bool(_MAC_RE.match(mac))
+
+
+def tap_name(vm_uuid: str, device: str) -> str:
+    # Kernel names are at most 15 characters; the VM uuid's head keeps them unique per host.
+    return f"pyx{vm_uuid.replace('-', '')[:8]}.{device}"[:15]
+
+
+def ensure_internal_network(ctx: Context) -> None:
+    """First start: a host-internal network with DHCP, so new guests get an address offline."""
+    store = ctx.store
+    if any(rec["other_config"].get(INTERNAL_SUBNET_KEY) for _, rec in store.items("network")):
+        return
+    store.create(
+        "network",
+        {
+            "name_label": INTERNAL_NETWORK,
+            "name_description": "Host-internal network for guests, with DHCP (no uplink)",
+            "bridge": INTERNAL_BRIDGE,
+            "MTU": 1500,
+            "managed": True,
+            "other_config": {INTERNAL_SUBNET_KEY: DEFAULT_SUBNET, "automatic": "true"},
+        },
+    )
+
+
+class NetworkRuntime:
+    def __init__(self, ctx: Context, driver: net.NetworkDriver, run_dir: Path, netns: str | None) -> None:
+        self.ctx = ctx
+        self.driver = driver
+        self.run_dir = run_dir
+        self.netns = netns
+        self._dhcp: dict[str, DhcpService] = {}
+
+    async def start(self) -> None:
+        await self.driver.start()
+        for _, rec in self.ctx.store.items("network"):
+            if rec["managed"] and rec["bridge"]:
+                await self.realise(rec["bridge"], rec["MTU"], rec["other_config"].get(INTERNAL_SUBNET_KEY))
+
+    async def realise(self, bridge: str, mtu: int, subnet: str | None) -> None:
+        await self.driver.create_bridge(net.BridgeSpec(bridge, mtu=mtu))
+        if not subnet or bridge in self._dhcp:
+            return
+        iface = ipaddress.ip_interface(subnet)
+        hosts = list(iface.network.hosts())
+        await self.driver.set_ipv4_address(bridge, subnet)
+        if self.driver.name == "sim":
+            return  # simulated bridges have no device for a real DHCP server to serve
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        service = DhcpService(
+            DhcpConfig(
+                interface=bridge,
+                range_start=str(hosts[len(hosts) // 2]),
+                range_end=str(hosts[-1]),
+                netmask=str(iface.network.netmask),
+                router=str(iface.ip),
+            ),
+            self.run_dir,
+            netns=self.netns,
+        )
+        await service.start()
+        self._dhcp[bridge] = service
+
+    async def stop(self) -> None:
+        for service in self._dhcp.values():
+            with contextlib.suppress(Exception):
+                await service.stop()
+        self._dhcp.clear()
+
+    async def plug_vifs(self, vm: str) -> dict[str, NicSpec]:
+        """Create and attach a tap for each of the VM's VIFs; returns VIF ref -> NIC spec."""
+        store = self.ctx.store
+        rec = store.get("VM", vm)
+        nics: dict[str, NicSpec] = {}
+        try:
+            for vif in rec["VIFs"]:
+                v = store.get("VIF", vif)
+                network = store.get("network", v["network"]) if v["network"] != NULL_REF else None
+                if network is None or not network["bridge"]:
+                    continue
+                tap = tap_name(rec["uuid"], v["device"])
+                with contextlib.suppress(net.NotFound):
+                    await self.driver.detach_vif(tap)  # a leftover from a crash
+                await self.driver.attach_vif(
+                    net.VifSpec(
+                        device=tap,
+                        bridge=network["bridge"],
+                        mac=v["MAC"],
+                        mtu=v["MTU"] or network["MTU"],
+                        locking=net.VifLocking(
+                            mode=v["locking_mode"],
+                            ipv4_allowed=tuple(v["ipv4_allowed"]),
+                            ipv6_allowed=tuple(v["ipv6_allowed"]),
+                        ),
+                    )
+                )
+                nics[vif] = NicSpec(device=int(v["device"]), mac=v["MAC"], tap=tap, mtu=v["MTU"] or None)
+        except net.NetworkError as e:
+            await self.unplug_vifs(vm)
+            raise ApiError("INTERNAL_ERROR", f"network: {e}") from None
+        return nics
+
+    async def unplug_vifs(self, vm: str) -> None:
+        store = self.ctx.store
+        if not store.exists("VM", vm):
+            return
+        rec = store.get("VM", vm)
+        for vif in rec["VIFs"]:
+            tap = tap_name(rec["uuid"], store.get("VIF", vif)["device"])
+            try:
+                await self.driver.detach_vif(tap)
+            except net.NetworkError as e:
+                log.debug("detach %s: %s", tap, e)
+
+    def mark_attached(self, vm: str, attached: bool) -> None:
+        store = self.ctx.store
+        with store.transaction():
+            for vif in store.get("VM", vm)["VIFs"]:
+                if store.get("VIF", vif)["currently_attached"] != attached:
+                    store.set_field("VIF", vif, "currently_attached", attached)
