@@ -69,8 +69,12 @@ class Refusal(Exception):
 
     def raw(self) -> bytes:
         body = f"{self.reason}\n".encode()
-        lines = [f"HTTP/1.1 {self.status} {http.HTTPStatus(self.status).phrase}", "Connection: close",
-                 "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}"]
+        lines = [
+            f"HTTP/1.1 {self.status} {http.HTTPStatus(self.status).phrase}",
+            "Connection: close",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}",
+        ]
         lines += [f"{k}: {v}" for k, v in self.headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -115,7 +119,7 @@ class ConsoleEndpoint:
     # ---- access -----------------------------------------------------------------------------
     async def authorize(self, creds: Credentials) -> Caller:
         """Who is asking, the way xapi reads HTTP handler credentials: session first, then Basic."""
-        by_cookie = "session_id" in creds.cookies
+        by_cookie = bool(creds.cookies.get("session_id"))
         session = creds.cookies.get("session_id") or creds.query.get("session_id")
         if session:
             try:
@@ -136,7 +140,7 @@ class ConsoleEndpoint:
             raise Refusal(403, f"{caller.user} may not connect to consoles")
         return caller
 
-    async def open(self, creds: Credentials) -> tuple[Caller, Tunnel]:
+    async def open(self, creds: Credentials) -> Tunnel:
         """Check everything, then connect to the console's socket; Refusal on any failure."""
         caller = await self.authorize(creds)
         ref, uuid = creds.query.get("ref"), creds.query.get("uuid")
@@ -160,7 +164,7 @@ class ConsoleEndpoint:
             self.release(target)
             raise Refusal(503, f"the console does not answer: {e}") from None
         log.info("console %s (%s) of VM %s opened by %s", target.console, target.protocol, target.vm, caller.user)
-        return caller, Tunnel(target, reader, writer)
+        return Tunnel(target, reader, writer)
 
     def release(self, target: ConsoleTarget) -> None:
         self._serial_in_use.discard(target.console)
@@ -180,7 +184,7 @@ class ConsoleEndpoint:
             try:
                 async with asyncio.timeout(HEAD_TIMEOUT):
                     creds = await read_connect_head(reader)
-                _, tunnel = await self.open(creds)
+                tunnel = await self.open(creds)
             except Refusal as r:
                 writer.write(r.raw())
                 await writer.drain()
@@ -208,18 +212,19 @@ class ConsoleEndpoint:
                 raise Refusal(403, "a cross-site console request must pass session_id explicitly")
             if not ws.can_prepare(request):
                 raise Refusal(400, "GET /console expects a WebSocket upgrade (or use CONNECT)")
-            _, tunnel = await self.open(creds)
+            tunnel = await self.open(creds)
         except Refusal as r:
             return r.response()
-        self._websockets.add(ws)
         try:
             await ws.prepare(request)
+            self._websockets.add(ws)
             await relay(_ws_to_stream(ws, tunnel.writer), _stream_to_ws(tunnel.reader, ws))
         finally:
             self._websockets.discard(ws)
             tunnel.writer.close()
             self.release(tunnel.target)
-            await ws.close()
+            if ws.prepared:  # prepare() itself may have failed: the client left
+                await ws.close()
         return ws
 
     # ---- life -------------------------------------------------------------------------------
