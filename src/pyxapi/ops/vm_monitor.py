@@ -22,7 +22,7 @@ from pyxapi.ops.vm import boot, release_devices
 log = logging.getLogger(__name__)
 
 RESTART_ACTIONS = frozenset({"restart", "coredump_and_restart", "rename_restart"})
-GUEST_POLL_SECONDS = 5.0
+GUEST_POLL_SECONDS = 2.0
 
 
 class VMMonitor:
@@ -102,10 +102,13 @@ class VMMonitor:
     async def _poll_guests(self) -> None:
         while True:
             await asyncio.sleep(GUEST_POLL_SECONDS)
-            for vm, rec in self.ctx.store.items("VM"):
-                if rec["power_state"] != "Running" or rec["is_control_domain"]:
-                    continue
-                await self.refresh_guest(vm, rec["uuid"])
+            running = [
+                (vm, rec["uuid"])
+                for vm, rec in self.ctx.store.items("VM")
+                if rec["power_state"] == "Running" and not rec["is_control_domain"]
+            ]
+            # Concurrently: one silent agent (a guest still booting) must not delay the others.
+            await asyncio.gather(*(self.refresh_guest(vm, uuid) for vm, uuid in running), return_exceptions=True)
 
     async def refresh_guest(self, vm: str, uuid: str) -> bool:
         try:
