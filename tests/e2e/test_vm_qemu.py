@@ -157,3 +157,54 @@ def test_crash_halts_and_restart_readopts(qemu_daemon: Daemon) -> None:
     while x.VM.get_power_state(vm) != "Halted" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert x.VM.get_power_state(vm) == "Halted"
+
+
+def test_the_same_through_raw_json_rpc(qemu_daemon: Daemon) -> None:
+    """clone + provision + VIF + start, the IP through event.from, clean shutdown: JSON-RPC 2.0 only."""
+    import http.client
+    import json
+
+    ids = iter(range(1, 10_000))
+
+    def rpc(method: str, *params: object) -> object:
+        conn = http.client.HTTPConnection("127.0.0.1", qemu_daemon.port, timeout=60)
+        body = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": next(ids)}
+        conn.request("POST", "/jsonrpc", json.dumps(body), {"Content-Type": "application/json"})
+        reply = json.loads(conn.getresponse().read())
+        conn.close()
+        assert "error" not in reply, (method, reply.get("error"))
+        return reply["result"]
+
+    s = rpc("session.login_with_password", "root", ROOT_PASSWORD, "2.23", "json-e2e")
+    templates = rpc("VM.get_all_records_where", s, 'field "name__label" = "pyxapi test guest"')
+    template = next(ref for ref, rec in templates.items() if rec["is_a_template"])  # type: ignore[union-attr]
+    vm = rpc("VM.clone", s, template, "json-guest")
+    rpc("VM.provision", s, vm)
+    [net] = rpc("network.get_by_name_label", s, "pyxapi internal network")  # type: ignore[misc]
+    rpc(
+        "VIF.create",
+        s,
+        {
+            "VM": vm,
+            "network": net,
+            "device": "0",
+            "MAC": "",
+            "MTU": 1500,
+            "other_config": {},
+            "qos_algorithm_type": "",
+            "qos_algorithm_params": {},
+        },
+    )
+    token = rpc("event.from", s, ["vm", "vm_guest_metrics"], "", 0.0)["token"]  # type: ignore[index]
+    rpc("VM.start", s, vm, False, False)
+    deadline = time.monotonic() + BOOT_SECONDS
+    ip = None
+    while ip is None and time.monotonic() < deadline:
+        got = rpc("event.from", s, ["vm", "vm_guest_metrics"], token, 10.0)
+        token = got["token"]  # type: ignore[index]
+        for ev in got["events"]:  # type: ignore[index]
+            if ev["class"] == "vm_guest_metrics" and ev["operation"] != "del":
+                ip = ev["snapshot"]["networks"].get("0/ip")
+    assert ip is not None and ip.startswith("10.213.0."), "no guest address arrived through event.from"
+    rpc("VM.clean_shutdown", s, vm)
+    assert rpc("VM.get_power_state", s, vm) == "Halted"
