@@ -34,6 +34,7 @@ from pyxapi.ops import custom_handlers
 from pyxapi.ops.bootstrap import bootstrap
 from pyxapi.ops.implicit import implicit_handler
 from pyxapi.ops.network_runtime import NetworkRuntime
+from pyxapi.ops.storage_runtime import StorageRuntime
 from pyxapi.ops.vm_monitor import VMMonitor
 from pyxapi.security import ensure_tls_certificate, generate_password, ssl_context
 from pyxapi.wire.marshal import Marshaller
@@ -84,6 +85,7 @@ def build(config: Config) -> tuple[Context, Dispatcher]:
     ctx.services["hypervisor"] = make_hypervisor(config)
     bootstrap(ctx, read_host_facts())
     ctx.services["network"] = make_network(ctx)
+    ctx.services["storage"] = StorageRuntime(ctx)
     sessions.host_ref = tasks.host_ref = ctx.host_ref
     sessions.pool_ref = ctx.pool_ref
     stored = {c.name for c in model.stored_classes()}
@@ -127,7 +129,8 @@ async def serve(config: Config) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     generated = ensure_root_account(AccountFile(config.data_dir / "accounts.json"))
     ctx, dispatcher = build(config)
-    # Bridges, DHCP and re-adopted guests are in place before the first request is accepted.
+    # SRs, bridges, DHCP and re-adopted guests are in place before the first request is accepted.
+    await ctx.services["storage"].start()
     await ctx.services["network"].start()
     monitor = VMMonitor(ctx, ctx.services["hypervisor"])
     await monitor.start()
@@ -173,6 +176,7 @@ async def serve(config: Config) -> None:
         await monitor.stop()
         await ctx.services["hypervisor"].close()
         await ctx.services["network"].stop()
+        await ctx.services["storage"].stop()
         await ctx.tasks.shutdown()
         await runner.cleanup()
 

@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from pyxapi.api.dispatch import Handler
 from pyxapi.model.schema import Model
-from pyxapi.ops import blob, event, host, message, role, secret, session, task, vif, vm, vm_clone
+from pyxapi.ops import (
+    blob,
+    event,
+    host,
+    message,
+    pbd,
+    role,
+    secret,
+    session,
+    sr,
+    task,
+    vbd,
+    vdi,
+    vif,
+    vm,
+    vm_clone,
+)
 
 
 def custom_handlers(model: Model) -> dict[str, dict[str, Handler]]:
@@ -19,6 +35,10 @@ def custom_handlers(model: Model) -> dict[str, dict[str, Handler]]:
         "host": dict(host.MESSAGES),
         "VM": {**vm.MESSAGES, **vm_clone.MESSAGES},
         "VIF": dict(vif.MESSAGES),
+        "SR": dict(sr.MESSAGES),
+        "PBD": dict(pbd.MESSAGES),
+        "VDI": dict(vdi.MESSAGES),
+        "VBD": dict(vbd.MESSAGES),
     }
     for cdef in model.classes.values():
         if "create_new_blob" in cdef.messages:

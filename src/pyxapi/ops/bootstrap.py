@@ -14,6 +14,7 @@ from pyxapi.hostinfo import HostFacts, cpu_features, cpu_info, software_version
 from pyxapi.model.schema import ROLE_ORDER
 from pyxapi.ops.host import reenable_after_restart
 from pyxapi.ops.network_runtime import ensure_internal_network
+from pyxapi.ops.storage_setup import ensure_storage
 from pyxapi.ops.templates import install_templates
 from pyxapi.wire.marshal import now_datetime
 
@@ -38,6 +39,7 @@ def bootstrap(ctx: Context, facts: HostFacts) -> None:
         _refresh_host(ctx, host, facts)
         install_templates(store, ctx.config.data_dir / "images")
         ensure_internal_network(ctx)
+        ensure_storage(ctx, host)
     ctx.host_ref = host
     ctx.pool_ref = store.refs("pool")[0]
     reenable_after_restart(ctx)

@@ -65,9 +65,12 @@ async def boot(ctx: Context, vm: str, paused: bool) -> None:
     """Start the VM's domain and record it; also used by the monitor to restart guests."""
     _check_can_boot(ctx, vm)
     network = ctx.services.get("network")
-    nics = await network.plug_vifs(vm) if network else {}
+    storage = ctx.services.get("storage")
+    disks: dict[str, hv.DiskSpec] = {}
     try:
-        spec = domain_spec(ctx.store, vm, nics=lambda vif, rec: nics.get(vif))
+        disks = await storage.attach_vm(vm) if storage else {}
+        nics = await network.plug_vifs(vm) if network else {}
+        spec = domain_spec(ctx.store, vm, disks=lambda vbd, rec: disks.get(vbd), nics=lambda vif, rec: nics.get(vif))
         async with driver_errors(vm):
             info = await hypervisor(ctx).start(spec, paused=paused)
     except BaseException:
@@ -77,14 +80,19 @@ async def boot(ctx: Context, vm: str, paused: bool) -> None:
     vm_state.record_running(ctx, vm, info)
     if network:
         network.mark_attached(vm, True)
+    if storage:
+        storage.mark_attached(vm, disks, True)
 
 
 async def release_devices(ctx: Context, vm: str) -> None:
-    """After a domain is gone: take its taps off the bridges (disks follow with storage)."""
+    """After a domain is gone: take its taps off the bridges and detach its disks."""
     network = ctx.services.get("network")
     if network and ctx.store.exists("VM", vm):
         await network.unplug_vifs(vm)
         network.mark_attached(vm, False)
+    storage = ctx.services.get("storage")
+    if storage:
+        await storage.detach_vm(vm)
 
 
 async def start(call: Call, vm: str, start_paused: bool, force: bool) -> None:
@@ -188,9 +196,13 @@ async def _resume(call: Call, vm: str, op: str, paused: bool) -> None:
             raise ApiError("VM_HAS_NO_SUSPEND_VDI", vm)
         _check_can_boot(ctx, vm)
         network = ctx.services.get("network")
-        if network:
-            await network.plug_vifs(vm)  # the same tap names the suspended spec opens
+        storage = ctx.services.get("storage")
+        disks: dict[str, hv.DiskSpec] = {}
         try:
+            # The disks the domain was saved with, locked again (the saved spec has their paths).
+            disks = await storage.attach_vm(vm, {d.device for d in spec.disks}) if storage else {}
+            if network:
+                await network.plug_vifs(vm)  # the same tap names the suspended spec opens
             async with driver_errors(vm):
                 info = await hypervisor(ctx).resume(spec, str(image), paused=paused)
         except BaseException:
@@ -200,6 +212,8 @@ async def _resume(call: Call, vm: str, op: str, paused: bool) -> None:
         vm_state.record_running(ctx, vm, info)
         if network:
             network.mark_attached(vm, True)
+        if storage:
+            storage.mark_attached(vm, disks, True)
 
 
 async def resume(call: Call, vm: str, start_paused: bool, force: bool) -> None:

@@ -1,12 +1,13 @@
 """VM.clone, VM.copy and VM.provision for VMs and templates.
 
-Disks move through the storage layer, which arrives with the storage issue: until then a VM
-whose VBDs hold disks cannot be cloned or copied, and provisioning a template with a disk
-spec answers NOT_IMPLEMENTED naming what is missing.
+Disks move through the storage layer: VM.clone clones each disk (O(1) linked clones), VM.copy
+copies each in full to the SR named (or its own), CD drives keep their ISO. VM.provision creates
+the disks a template's other_config:disks describes, on the SR named there or the pool's default.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -14,8 +15,12 @@ from typing import Any
 from pyxapi.api.dispatch import Call, Handler
 from pyxapi.db.store import NULL_REF, Store
 from pyxapi.engine.operations import running
-from pyxapi.model.errors import NOT_IMPLEMENTED, OPERATION_NOT_ALLOWED, ApiError
+from pyxapi.model.errors import OPERATION_NOT_ALLOWED, ApiError
+from pyxapi.ops import vbd as vbd_ops
+from pyxapi.ops import vdi as vdi_ops
 from pyxapi.wire.marshal import now_datetime
+
+log = logging.getLogger(__name__)
 
 # Fields a clone does not inherit: identity, runtime state, and snapshot lineage.
 _NOT_COPIED = frozenset(
@@ -61,14 +66,43 @@ def random_mac() -> str:
     return ":".join(f"{o:02x}" for o in octets)
 
 
-def _has_disks(store: Store, rec: dict[str, Any]) -> bool:
-    return any(store.get("VBD", vbd)["VDI"] != NULL_REF for vbd in rec["VBDs"])
+def _disk_vbds(store: Store, rec: dict[str, Any]) -> list[str]:
+    """The VBDs whose disk a clone or copy must duplicate (CD drives share their ISO)."""
+    out = []
+    for vbd in rec["VBDs"]:
+        b = store.get("VBD", vbd)
+        if not b["empty"] and b["VDI"] != NULL_REF and b["type"] != "CD":
+            out.append(vbd)
+    return out
 
 
-def _copy_vm(store: Store, vm: str, new_name: str) -> str:
+async def _copy_disks(call: Call, vm: str, sr: str | None) -> dict[str, str]:
+    """VBD -> new VDI: clones when `sr` is None, full copies onto `sr` (NULL: each disk's own SR)."""
+    store = call.ctx.store
+    made: dict[str, str] = {}
+    try:
+        for vbd in _disk_vbds(store, store.get("VM", vm)):
+            vdi = store.get("VBD", vbd)["VDI"]
+            if sr is None:
+                made[vbd] = await vdi_ops.clone(call, vdi, {})
+            else:
+                made[vbd] = await vdi_ops.copy(call, vdi, sr, NULL_REF, NULL_REF)
+    except BaseException:
+        await _discard(call, list(made.values()))
+        raise
+    return made
+
+
+async def _discard(call: Call, vdis: list[str]) -> None:
+    for vdi in vdis:
+        try:
+            await vdi_ops.destroy(call, vdi)
+        except ApiError as e:
+            log.warning("could not remove VDI %s after a failed operation: %s", vdi, e.description)
+
+
+def _copy_vm(store: Store, vm: str, new_name: str, disks: dict[str, str]) -> str:
     rec = store.get("VM", vm)
-    if _has_disks(store, rec):
-        raise ApiError(NOT_IMPLEMENTED, "VM.clone of a VM with disks (arrives with the storage layer)")
     fields = {k: v for k, v in rec.items() if k not in _NOT_COPIED}
     fields["name_label"] = new_name
     fields["power_state"] = "Halted"
@@ -95,22 +129,38 @@ def _copy_vm(store: Store, vm: str, new_name: str) -> str:
             )
         for vbd in rec["VBDs"]:
             b = store.get("VBD", vbd)
+            vdi = disks.get(vbd, b["VDI"] if b["type"] == "CD" else NULL_REF)
             store.create(
                 "VBD",
-                {k: b[k] for k in ("userdevice", "bootable", "mode", "type", "empty", "other_config", "unpluggable")}
-                | {"VM": new, "VDI": NULL_REF, "device": b["device"]},
+                {k: b[k] for k in ("userdevice", "bootable", "mode", "type", "other_config", "unpluggable")}
+                | {
+                    "VM": new,
+                    "VDI": vdi,
+                    "empty": vdi == NULL_REF,
+                    "device": b["device"],
+                    "metrics": store.create("VBD_metrics", {"last_updated": now_datetime()}),
+                },
             )
     return new
 
 
-def clone(call: Call, vm: str, new_name: str) -> str:
-    with running(call.ctx.store, vm, "clone", call.task_ref):
-        return _copy_vm(call.ctx.store, vm, new_name)
+async def _duplicate(call: Call, vm: str, new_name: str, op: str, sr: str | None) -> str:
+    store = call.ctx.store
+    with running(store, vm, op, call.task_ref):
+        disks = await _copy_disks(call, vm, sr)
+        try:
+            return _copy_vm(store, vm, new_name, disks)
+        except BaseException:
+            await _discard(call, list(disks.values()))
+            raise
 
 
-def copy(call: Call, vm: str, new_name: str, sr: str) -> str:
-    with running(call.ctx.store, vm, "copy", call.task_ref):
-        return _copy_vm(call.ctx.store, vm, new_name)
+async def clone(call: Call, vm: str, new_name: str) -> str:
+    return await _duplicate(call, vm, new_name, "clone", None)
+
+
+async def copy(call: Call, vm: str, new_name: str, sr: str) -> str:
+    return await _duplicate(call, vm, new_name, "copy", sr)
 
 
 def disk_spec(other_config: dict[str, str]) -> list[dict[str, str]]:
@@ -125,19 +175,81 @@ def disk_spec(other_config: dict[str, str]) -> list[dict[str, str]]:
     return [dict(d.attrib) for d in root.iter("disk")]
 
 
-def provision(call: Call, vm: str) -> None:
+def _provision_sr(call: Call, sr_uuid: str) -> str:
+    """The SR a template's disk goes to: the one named (by uuid), else the pool's default SR."""
+    store = call.ctx.store
+    if sr_uuid:
+        try:
+            return store.by_uuid("SR", sr_uuid)
+        except ApiError:
+            raise ApiError("UUID_INVALID", "sr", sr_uuid) from None
+    default = store.get("pool", call.ctx.pool_ref)["default_SR"] if call.ctx.pool_ref else NULL_REF
+    if default == NULL_REF or not store.exists("SR", default):
+        raise ApiError("DEFAULT_SR_NOT_FOUND", default)
+    return str(default)
+
+
+async def provision(call: Call, vm: str) -> None:
     store = call.ctx.store
     with running(store, vm, "provision", call.task_ref):
         rec = store.get("VM", vm)
         if rec["power_state"] != "Halted":
             raise ApiError(OPERATION_NOT_ALLOWED, "provision needs a halted VM")
-        if disk_spec(rec["other_config"]):
-            raise ApiError(NOT_IMPLEMENTED, "VM.provision of disks (arrives with the storage layer)")
+        disks = disk_spec(rec["other_config"])
+        plan = [(d, _provision_sr(call, d.get("sr", ""))) for d in disks]
+        made: list[str] = []
+        vbds: list[str] = []
+        try:
+            for disk, sr in plan:
+                vdi_type = disk.get("type") or "system"
+                vdi = await vdi_ops.create(
+                    call,
+                    {
+                        "name_label": "",
+                        "name_description": "Created by template provisioner",
+                        "SR": sr,
+                        "virtual_size": _size(disk),
+                        "type": vdi_type,
+                        "sharable": False,
+                        "read_only": False,
+                        "sm_config": {"vmhint": rec["uuid"]},
+                    },
+                )
+                made.append(vdi)
+                vbd = vbd_ops.create(
+                    call,
+                    {
+                        "VM": vm,
+                        "VDI": vdi,
+                        "userdevice": disk.get("device") or "autodetect",
+                        "bootable": disk.get("bootable") == "true",
+                        "mode": "RW",
+                        "type": "Disk",
+                        "unpluggable": vdi_type != "system",
+                        "empty": False,
+                        "other_config": {"owner": ""},
+                    },
+                )
+                vbds.append(vbd)
+                store.set_field("VDI", vdi, "name_label", store.get("VBD", vbd)["userdevice"])
+        except BaseException:
+            for vbd in vbds:
+                if store.exists("VBD", vbd):
+                    vbd_ops.destroy(call, vbd)
+            await _discard(call, made)
+            raise
         store.update(
             "VM",
             vm,
             {"is_a_template": False, "other_config": {k: v for k, v in rec["other_config"].items() if k != "disks"}},
         )
+
+
+def _size(disk: dict[str, str]) -> int:
+    try:
+        return int(disk.get("size", ""))
+    except ValueError:
+        raise ApiError("INVALID_VALUE", "other_config:disks", disk.get("size", "")) from None
 
 
 MESSAGES: dict[str, Handler] = {"clone": clone, "copy": copy, "provision": provision}
