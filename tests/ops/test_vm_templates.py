@@ -43,3 +43,18 @@ async def test_installing_templates_again_updates_not_duplicates(api: Api) -> No
     before = len(await api("VM.get_all"))
     install_templates(api.ctx.store, api.ctx.config.data_dir / "images")
     assert len(await api("VM.get_all")) == before
+
+
+async def test_destroy_takes_vbds_vifs_and_metrics_with_it(api: Api) -> None:  # noqa: F811
+    [template] = [
+        r for r in await api("VM.get_by_name_label", "Other install media") if await api("VM.get_is_a_template", r)
+    ]
+    vm = await api("VM.clone", template, "doomed")
+    await api("VM.provision", vm)
+    rec = await api("VM.get_record", vm)
+    [vbd] = rec["VBDs"]
+    vdi = await api("VBD.get_VDI", vbd)
+    await api("VM.destroy", vm)
+    assert await api.error("VBD.get_record", vbd) == ["HANDLE_INVALID", "VBD", vbd]
+    assert await api.error("VM_metrics.get_record", rec["metrics"]) == ["HANDLE_INVALID", "VM_metrics", rec["metrics"]]
+    assert await api("VDI.get_VBDs", vdi) == []  # the disk itself stays, as in xapi

@@ -358,8 +358,26 @@ def create(call: Call, record: dict[str, Any]) -> str:
     return vm
 
 
+def destroy(call: Call, vm: str) -> None:
+    """VM.destroy: the VM with its VBDs, VIFs, metrics and consoles (its disks stay, as in xapi)."""
+    store = call.ctx.store
+    with running(store, vm, "destroy", call.task_ref):
+        rec = store.get("VM", vm)
+        with store.transaction():
+            for cls, field in (("VBD", "VBDs"), ("VIF", "VIFs"), ("console", "consoles")):
+                for ref in rec[field]:
+                    if store.exists(cls, ref):
+                        store.destroy(cls, ref)
+            for cls, field in (("VM_metrics", "metrics"), ("VM_guest_metrics", "guest_metrics")):
+                if store.exists(cls, rec[field]):
+                    store.destroy(cls, rec[field])
+            store.destroy("VM", vm)
+    vm_state.spec_path(call.ctx, rec["uuid"]).unlink(missing_ok=True)
+
+
 MESSAGES: dict[str, Handler] = {
     "create": create,
+    "destroy": destroy,
     "start": start,
     "start_on": start_on,
     "clean_shutdown": clean_shutdown,
