@@ -208,3 +208,20 @@ def test_the_same_through_raw_json_rpc(qemu_daemon: Daemon) -> None:
     assert ip is not None and ip.startswith("10.213.0."), "no guest address arrived through event.from"
     rpc("VM.clean_shutdown", s, vm)
     assert rpc("VM.get_power_state", s, vm) == "Halted"
+
+
+def test_suspend_to_a_vdi_and_resume(qemu_daemon: Daemon) -> None:
+    x = session(qemu_daemon).xenapi
+    vm = install(x, "qemu-e2e-suspend")
+    assert wait_task(x, x.Async.VM.start(vm, False, False))["status"] == "success"
+    wait_guest_agent(x, vm)
+    rec = wait_task(x, x.Async.VM.suspend(vm))
+    assert rec["status"] == "success", rec["error_info"]
+    assert x.VM.get_power_state(vm) == "Suspended"
+    image = x.VM.get_suspend_VDI(vm)
+    assert x.VDI.get_type(image) == "suspend" and int(x.VDI.get_physical_utilisation(image)) > 0
+    rec = wait_task(x, x.Async.VM.resume(vm, False, False))
+    assert rec["status"] == "success", rec["error_info"]
+    assert x.VM.get_power_state(vm) == "Running" and x.VM.get_suspend_VDI(vm) == "OpaqueRef:NULL"
+    # the resumed guest is alive: its agent answers a clean shutdown
+    assert wait_task(x, x.Async.VM.clean_shutdown(vm))["status"] == "success"

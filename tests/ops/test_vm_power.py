@@ -89,9 +89,16 @@ async def test_pause_suspend_resume_reboot(api: Api) -> None:
     await api("VM.unpause", vm)
     await api("VM.suspend", vm)
     assert await api("VM.get_power_state", vm) == "Suspended"
+    # the memory image is a VDI on the pool's suspend-image SR, as in xapi
+    image = await api("VM.get_suspend_VDI", vm)
+    assert await api("VDI.get_type", image) == "suspend"
+    pool = (await api("pool.get_all"))[0]
+    assert await api("VDI.get_SR", image) == await api("pool.get_suspend_image_SR", pool)
     assert await api.error("VM.start", vm, False, False) == ["VM_BAD_POWER_STATE", vm, "halted", "suspended"]
     await api("VM.resume", vm, False, False)
     assert await api("VM.get_power_state", vm) == "Running"
+    assert await api("VM.get_suspend_VDI", vm) == "OpaqueRef:NULL"
+    assert await api.error("VDI.get_record", image) == ["HANDLE_INVALID", "VDI", image]
     await api("VM.hard_reboot", vm)
     await api("VM.set_VCPUs_number_live", vm, 2)
     await api("VM.set_memory_dynamic_range", vm, 128 * MIB, 192 * MIB)

@@ -17,7 +17,7 @@ from pyxapi.drivers.hypervisor import base as hv
 from pyxapi.engine.operations import refresh_vm_allowed, running
 from pyxapi.engine.vm_spec import MIB, check_memory, domain_spec
 from pyxapi.model.errors import INTERNAL_ERROR, OPERATION_NOT_ALLOWED, ApiError
-from pyxapi.ops import vm_state
+from pyxapi.ops import vm_state, vm_suspend
 from pyxapi.ops.host import free_memory
 from pyxapi.ops.vm_state import hypervisor
 from pyxapi.wire.marshal import now_datetime
@@ -111,8 +111,7 @@ async def _stop(call: Call, vm: str, op: str, clean: bool) -> None:
     with running(ctx.store, vm, op, call.task_ref):
         rec = ctx.store.get("VM", vm)
         if rec["power_state"] == "Suspended":
-            # Halting a suspended VM throws its memory image away.
-            vm_state.suspend_image_path(ctx, rec["uuid"]).unlink(missing_ok=True)
+            await vm_suspend.discard(ctx, vm)  # halting a suspended VM throws its memory image away
         else:
             async with driver_errors(vm):
                 await hypervisor(ctx).shutdown(rec["uuid"], clean=clean, timeout=CLEAN_SHUTDOWN_TIMEOUT)
@@ -178,10 +177,17 @@ async def suspend(call: Call, vm: str) -> None:
     ctx = call.ctx
     with running(ctx.store, vm, "suspend", call.task_ref):
         uuid = ctx.store.get("VM", vm)["uuid"]
-        image = vm_state.suspend_image_path(ctx, uuid)
-        image.parent.mkdir(parents=True, exist_ok=True)
-        async with driver_errors(vm):
-            await hypervisor(ctx).suspend(uuid, str(image))
+        vdi, image = await vm_suspend.new_image(ctx, vm)
+        try:
+            async with driver_errors(vm):
+                await hypervisor(ctx).suspend(uuid, image)
+        except BaseException:
+            await vm_suspend.release_image(ctx, vdi)
+            ctx.store.set_field("VM", vm, "suspend_VDI", vdi)
+            await vm_suspend.discard(ctx, vm)
+            raise
+        await vm_suspend.release_image(ctx, vdi)
+        ctx.store.set_field("VM", vm, "suspend_VDI", vdi)
         vm_state.record_halted(ctx, vm, keep_suspend=True)
         await release_devices(ctx, vm)
 
@@ -191,10 +197,10 @@ async def _resume(call: Call, vm: str, op: str, paused: bool) -> None:
     with running(ctx.store, vm, op, call.task_ref):
         uuid = ctx.store.get("VM", vm)["uuid"]
         spec = vm_state.load_spec(ctx, uuid)
-        image = vm_state.suspend_image_path(ctx, uuid)
-        if spec is None or not image.exists():
+        if spec is None:
             raise ApiError("VM_HAS_NO_SUSPEND_VDI", vm)
         _check_can_boot(ctx, vm)
+        vdi, image = await vm_suspend.open_image(ctx, vm)
         network = ctx.services.get("network")
         storage = ctx.services.get("storage")
         disks: dict[str, hv.DiskSpec] = {}
@@ -204,11 +210,13 @@ async def _resume(call: Call, vm: str, op: str, paused: bool) -> None:
             if network:
                 await network.plug_vifs(vm)  # the same tap names the suspended spec opens
             async with driver_errors(vm):
-                info = await hypervisor(ctx).resume(spec, str(image), paused=paused)
+                info = await hypervisor(ctx).resume(spec, image, paused=paused)
         except BaseException:
+            await vm_suspend.release_image(ctx, vdi)
             await release_devices(ctx, vm)
             raise
-        image.unlink(missing_ok=True)
+        await vm_suspend.release_image(ctx, vdi)
+        await vm_suspend.discard(ctx, vm)
         vm_state.record_running(ctx, vm, info)
         if network:
             network.mark_attached(vm, True)
@@ -233,7 +241,7 @@ async def power_state_reset(call: Call, vm: str) -> None:
         with contextlib.suppress(hv.HypervisorError):
             if await hypervisor(ctx).state(rec["uuid"]):
                 raise ApiError("VM_BAD_POWER_STATE", vm, "halted", rec["power_state"].lower())
-    vm_state.suspend_image_path(ctx, rec["uuid"]).unlink(missing_ok=True)
+    await vm_suspend.discard(ctx, vm)
     vm_state.record_halted(ctx, vm)
     await release_devices(ctx, vm)
 

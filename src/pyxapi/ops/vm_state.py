@@ -31,10 +31,6 @@ def spec_path(ctx: Context, vm_uuid: str) -> Path:
     return ctx.config.data_dir / "domains" / f"{vm_uuid}.json"
 
 
-def suspend_image_path(ctx: Context, vm_uuid: str) -> Path:
-    return ctx.config.data_dir / "suspend" / f"{vm_uuid}.img"
-
-
 def save_spec(ctx: Context, spec: DomainSpec) -> None:
     import json
 
