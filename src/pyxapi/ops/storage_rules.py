@@ -8,7 +8,7 @@ SM capabilities come from the SM records (one per driver type), so no driver is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -115,12 +115,19 @@ def _managed(store: Store, vdi: str) -> bool:
     return rec is not None and bool(rec["managed"])
 
 
-def refresh_sr(store: Store, sr: str) -> None:
-    if not store.exists("SR", sr):
+
+def _refresh_allowed(
+    store: Store, cls: str, ref: str, operations: Iterable[str], error: Callable[[Store, str, str], ApiError | None]
+) -> None:
+    """allowed_operations: exactly the operations whose check would pass now."""
+    if not store.exists(cls, ref):
         return
-    allowed = [op for op in SR_OPERATIONS if sr_error(store, sr, op) is None]
-    if allowed != store.get("SR", sr)["allowed_operations"]:
-        store.set_field("SR", sr, "allowed_operations", allowed)
+    allowed = [op for op in operations if error(store, ref, op) is None]
+    if allowed != store.get(cls, ref)["allowed_operations"]:
+        store.set_field(cls, ref, "allowed_operations", allowed)
+
+def refresh_sr(store: Store, sr: str) -> None:
+    _refresh_allowed(store, "SR", sr, SR_OPERATIONS, sr_error)
 
 
 # -------------------------------------------------------------------------------------------------- VDI
@@ -172,11 +179,7 @@ def vdi_error(store: Store, vdi: str, op: str) -> ApiError | None:
 
 
 def refresh_vdi(store: Store, vdi: str) -> None:
-    if not store.exists("VDI", vdi):
-        return
-    allowed = [op for op in VDI_OPERATIONS if vdi_error(store, vdi, op) is None]
-    if allowed != store.get("VDI", vdi)["allowed_operations"]:
-        store.set_field("VDI", vdi, "allowed_operations", allowed)
+    _refresh_allowed(store, "VDI", vdi, VDI_OPERATIONS, vdi_error)
 
 
 def check_vdi(store: Store, vdi: str, op: str) -> None:
@@ -263,11 +266,7 @@ def vbd_error(store: Store, vbd: str, op: str) -> ApiError | None:
 
 
 def refresh_vbd(store: Store, vbd: str) -> None:
-    if not store.exists("VBD", vbd):
-        return
-    allowed = [op for op in VBD_OPERATIONS if vbd_error(store, vbd, op) is None]
-    if allowed != store.get("VBD", vbd)["allowed_operations"]:
-        store.set_field("VBD", vbd, "allowed_operations", allowed)
+    _refresh_allowed(store, "VBD", vbd, VBD_OPERATIONS, vbd_error)
 
 
 def refresh_vm_disks(store: Store, vm: str) -> None:
