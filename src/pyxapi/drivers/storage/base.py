@@ -167,14 +167,15 @@ class SMInfo:
     sr_type: str
     name: str
     description: str
-    vendor: str
-    copyright: str
-    version: str
-    required_api_version: str
     capabilities: frozenset[str]
     configuration: Mapping[str, str]
     required_device_config: frozenset[str]
     supported_image_formats: frozenset[str]
+    # The same for every driver pyxapi ships; a third-party driver names itself here.
+    vendor: str = "pyxapi"
+    copyright: str = "(C) pyxapi contributors, LGPL-2.1"
+    version: str = "1.0"
+    required_api_version: str = "1.0"
 
     @property
     def features(self) -> dict[str, int]:
