@@ -17,22 +17,27 @@ Basic credentials, and a role allowed the `connect_console` HTTP action; a refus
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import http
 import logging
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from pyxapi.auth import ROOT_USER
+from pyxapi.api.handlers.http_auth import (
+    Caller,
+    Credentials,
+    Refusal,
+    action_roles,
+    authorize,
+    parse_cookies,
+    request_credentials,
+)
 from pyxapi.context import Context
-from pyxapi.engine.sessions import roles_at_or_below
 from pyxapi.model.errors import ApiError
 from pyxapi.ops.console import (
     CONSOLE_PATH,
@@ -54,50 +59,7 @@ OPEN_TIMEOUT = 10.0
 LINGER = 5.0  # after one direction ends, how long the other may still drain
 CONNECT_ACTION = "connect_console"
 CONTROL_DOMAIN_ROLES = ("pool-admin",)  # xapi's host_console sub-permission
-BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="xapi"'}
 OK_RESPONSE = b"HTTP/1.1 200 OK\r\n\r\n"
-
-
-class Refusal(Exception):
-    """An HTTP error answer; raised before anything is relayed."""
-
-    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-        self.headers = dict(headers or {})
-
-    def raw(self) -> bytes:
-        body = f"{self.reason}\n".encode()
-        lines = [
-            f"HTTP/1.1 {self.status} {http.HTTPStatus(self.status).phrase}",
-            "Connection: close",
-            "Content-Type: text/plain; charset=utf-8",
-            f"Content-Length: {len(body)}",
-        ]
-        lines += [f"{k}: {v}" for k, v in self.headers.items()]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-    def response(self) -> web.Response:
-        return web.Response(status=self.status, text=self.reason, headers=self.headers)
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    query: Mapping[str, str]
-    cookies: Mapping[str, str]
-    authorization: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    user: str
-    is_root: bool
-    roles: frozenset[str]
-    by_cookie: bool  # the session came from a cookie, which browsers send cross-site
-
-    def may(self, allowed: tuple[str, ...]) -> bool:
-        return self.is_root or bool(self.roles.intersection(allowed))
 
 
 @dataclass(slots=True)
@@ -110,7 +72,7 @@ class Tunnel:
 class ConsoleEndpoint:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.roles = _action_roles(ctx, CONNECT_ACTION)
+        self.roles = action_roles(ctx, CONNECT_ACTION)
         self._serial_in_use: set[str] = set()  # QEMU's serial socket serves one client at a time
         self._connect_tasks: set[asyncio.Task[None]] = set()
         self._websockets: set[web.WebSocketResponse] = set()
@@ -118,27 +80,7 @@ class ConsoleEndpoint:
 
     # ---- access -----------------------------------------------------------------------------
     async def authorize(self, creds: Credentials) -> Caller:
-        """Who is asking, the way xapi reads HTTP handler credentials: session first, then Basic."""
-        by_cookie = bool(creds.cookies.get("session_id"))
-        session = creds.cookies.get("session_id") or creds.query.get("session_id")
-        if session:
-            try:
-                info = self.ctx.sessions.validate(session)
-            except ApiError:
-                raise Refusal(401, "the session is not valid", BASIC_CHALLENGE) from None
-            caller = Caller(info.user, info.is_root, info.roles, by_cookie)
-        elif creds.authorization:
-            user, password = _basic_credentials(creds.authorization)
-            # scrypt takes tens of milliseconds: keep it off the event loop
-            account = await asyncio.to_thread(self.ctx.accounts.check, user, password)
-            if account is None:
-                raise Refusal(401, "wrong user name or password", BASIC_CHALLENGE)
-            caller = Caller(account.name, account.name == ROOT_USER, roles_at_or_below(account.role), False)
-        else:
-            raise Refusal(401, "a session_id or Basic credentials are required", BASIC_CHALLENGE)
-        if not caller.may(self.roles):
-            raise Refusal(403, f"{caller.user} may not connect to consoles")
-        return caller
+        return await authorize(self.ctx, creds, self.roles, "connect to consoles")
 
     async def open(self, creds: Credentials) -> Tunnel:
         """Check everything, then connect to the console's socket; Refusal on any failure."""
@@ -202,7 +144,7 @@ class ConsoleEndpoint:
 
     # ---- WebSocket --------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        creds = Credentials(request.query, request.cookies, request.headers.get("Authorization"))
+        creds = request_credentials(request)
         ws = web.WebSocketResponse(protocols=("binary",))
         try:
             caller = await self.authorize(creds)
@@ -273,34 +215,6 @@ async def read_connect_head(reader: asyncio.StreamReader) -> Credentials:
     for key, value in parse_qsl(target.query, keep_blank_values=True):
         query.setdefault(key, value)
     return Credentials(query, parse_cookies(headers.get("cookie", "")), headers.get("authorization"))
-
-
-def parse_cookies(header: str) -> dict[str, str]:
-    cookies: dict[str, str] = {}
-    for item in header.split(";"):
-        name, sep, value = item.strip().partition("=")
-        if sep and name:
-            cookies.setdefault(name, value.strip().strip('"'))
-    return cookies
-
-
-def _basic_credentials(header: str) -> tuple[str, str]:
-    scheme, _, param = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        raise Refusal(401, f"unsupported authorization scheme {scheme!r}", BASIC_CHALLENGE)
-    try:
-        decoded = base64.b64decode(param.strip(), validate=True).decode("utf-8")
-    except ValueError:  # binascii.Error and UnicodeDecodeError are both ValueErrors
-        raise Refusal(401, "malformed Basic credentials", BASIC_CHALLENGE) from None
-    user, _, password = decoded.partition(":")
-    return user, password
-
-
-def _action_roles(ctx: Context, name: str) -> tuple[str, ...]:
-    for action in ctx.model.http_actions:
-        if action["name"] == name:
-            return tuple(action["roles"])
-    return CONTROL_DOMAIN_ROLES  # unknown to the model: only the most privileged role
 
 
 # ---- relaying ------------------------------------------------------------------------------------
