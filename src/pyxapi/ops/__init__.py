@@ -21,6 +21,7 @@ from pyxapi.ops import (
     vm,
     vm_clone,
 )
+from pyxapi.xva import messages as xva_messages
 
 
 def custom_handlers(model: Model) -> dict[str, dict[str, Handler]]:
@@ -40,6 +41,7 @@ def custom_handlers(model: Model) -> dict[str, dict[str, Handler]]:
         "VDI": dict(vdi.MESSAGES),
         "VBD": dict(vbd.MESSAGES),
     }
+    registry["VM"].update(xva_messages.MESSAGES)  # VM.import, VM.import_convert
     for cdef in model.classes.values():
         if "create_new_blob" in cdef.messages:
             registry.setdefault(cdef.name, {})["create_new_blob"] = blob.create_new_blob_for(cdef.name)
