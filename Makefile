@@ -6,10 +6,11 @@ PORT   ?= 8080
 TLS_PORT ?= 8443
 DATA   ?= ./var
 HYPERVISOR ?= auto
+COMPLETION_DIR ?= $(HOME)/.local/share/bash-completion/completions
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench deps apt-deps guest-image clean
+.PHONY: run test lint bench deps apt-deps guest-image xe clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +27,13 @@ apt-deps:
 guest-image:
 	@images/build-test-guest $(DATA)/images/test-guest >/dev/null || echo "pyxapi: could not build the test guest image (see images/README.md)"
 
-run: deps apt-deps guest-image
+# The `xe` CLI: bash completion (commands, parameters, VM names...) for bash-completion to load,
+# and its bytecode compiled once, as a package install would, so that it starts fast.
+xe: deps
+	@install -D -m 644 src/pyxapi/cli/xe-completion.bash $(COMPLETION_DIR)/xe || echo "pyxapi: could not install xe's bash completion in $(COMPLETION_DIR)"
+	@$(BIN)/python -m compileall -q src/pyxapi/cli
+
+run: deps apt-deps guest-image xe
 	$(BIN)/pyxapi serve --host 127.0.0.1 --port $(PORT) --tls-port $(TLS_PORT) --data-dir $(DATA) --hypervisor $(HYPERVISOR)
 
 test: deps apt-deps

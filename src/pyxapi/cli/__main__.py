@@ -1,0 +1,7 @@
+"""`python -m pyxapi.cli` is `xe`."""
+
+import sys
+
+from pyxapi.cli.xe import main
+
+sys.exit(main())
