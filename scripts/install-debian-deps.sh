@@ -2,7 +2,7 @@
 # Install the Debian packages pyxapi's real drivers and tests need, when missing.
 # Only root can install; others are told what is missing.
 set -eu
-PKGS="qemu-system-x86 qemu-utils busybox-static openvswitch-switch iproute2 e2fsprogs nftables ovmf"
+PKGS="qemu-system-x86 qemu-utils busybox-static openvswitch-switch iproute2 e2fsprogs nftables ovmf qemu-block-extra nfs-ganesha nfs-ganesha-vfs tgt libiscsi-bin genisoimage"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,7 +1,10 @@
-"""One contract suite for the storage drivers, run against the simulator and the real file SR.
+"""One contract suite for the storage drivers: the simulator, the real file SR, and the shared nfs
+(against nfs-ganesha) and iscsi (against tgtd) SRs, each server in a namespace of its own.
 
 Real qemu-img/qemu-io and real files in pytest tmp dirs. Missing qemu-utils is a test FAILURE, never a
-skip: the drivers are not done unless they run against the real tools.
+skip: the drivers are not done unless they run against the real tools. A test marked @needs(...) runs on
+the drivers declaring those capabilities; test_undeclared_capabilities_are_refused holds the others to
+refusing them (storage_fixtures.py).
 """
 
 from __future__ import annotations
@@ -36,7 +39,22 @@ from pyxapi.drivers.storage.file import FileStorageDriver
 from pyxapi.drivers.storage.sim import SimStorageDriver
 from pyxapi.drivers.storage.transfer import export_stream
 from pyxapi.model.schema import load_model
-from tests.drivers.storage_fixtures import GiB, Harness, MiB, TiB, make_vdi, new_uuid, run
+from tests.drivers.storage_fixtures import (  # noqa: F401 - nfs_share/iscsi_portal: module fixtures
+    GiB,
+    Harness,
+    MiB,
+    TiB,
+    iscsi_portal,
+    kinds_for,
+    make_harness,
+    make_vdi,
+    needs,
+    new_uuid,
+    nfs_share,
+    run,
+)
+
+CREATE = Capability.VDI_CREATE
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,24 +66,21 @@ def qemu_utils() -> None:
         )
 
 
-@pytest.fixture(params=["sim", "file"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "h" in metafunc.fixturenames:
+        metafunc.parametrize("h", kinds_for(metafunc.function), indirect=True)
+
+
+@pytest.fixture
 async def h(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    kind = request.param
-    driver = make_driver(kind)
-    root = tmp_path / "sr"
-    work = tmp_path / "work"
-    work.mkdir()
-    device_config = {"location": str(root)}
-    sr_uuid = new_uuid()
-    await driver.create_sr(device_config, sr_uuid)
-    sr = SRHandle(sr_uuid, device_config)
-    await driver.attach_sr(sr)
-    yield Harness(kind, driver, sr, root, work)
+    async with make_harness(request, request.param, tmp_path) as harness:
+        yield harness
 
 
 # ------------------------------------------------------------------------------------------ SR life
 
 
+@needs(CREATE, Capability.VDI_CLONE, Capability.VDI_SNAPSHOT, Capability.VDI_RESIZE)
 async def test_driver_describes_itself(h: Harness) -> None:
     assert isinstance(h.driver, StorageDriver)
     info = h.driver.sm_info
@@ -75,6 +90,7 @@ async def test_driver_describes_itself(h: Harness) -> None:
     assert info.vendor and info.copyright and info.version
 
 
+@needs(CREATE)
 async def test_sr_create_attach_stat_probe(h: Harness) -> None:
     stat = await h.driver.stat_sr(h.sr)
     assert stat.physical_size > 0 and stat.virtual_allocation == 0
@@ -84,6 +100,7 @@ async def test_sr_create_attach_stat_probe(h: Harness) -> None:
         await h.driver.create_sr(h.sr.device_config, h.sr.uuid)
 
 
+@needs(CREATE)
 async def test_operations_need_an_attached_sr(h: Harness) -> None:
     await h.driver.detach_sr(h.sr)
     with pytest.raises(SRNotAttached) as err:
@@ -93,6 +110,7 @@ async def test_operations_need_an_attached_sr(h: Harness) -> None:
     assert await h.driver.scan(h.sr) == []
 
 
+@needs(Capability.VDI_DELETE)
 async def test_destroy_sr_with_vdis_is_refused(h: Harness) -> None:
     location = await make_vdi(h)
     with pytest.raises(SRNotEmpty) as err:
@@ -101,13 +119,14 @@ async def test_destroy_sr_with_vdis_is_refused(h: Harness) -> None:
     assert [v.location for v in await h.driver.scan(h.sr)] == [location]
     await h.driver.destroy_vdi(h.sr, location)
     await h.driver.destroy_sr(h.sr)
-    if h.kind == "file":
+    if h.sees_files:
         assert not h.root.exists()
 
 
 # ------------------------------------------------------------------------------------------- VDIs
 
 
+@needs(CREATE, Capability.THIN_PROVISIONING)
 async def test_create_10gib_vdi_is_thin(h: Harness) -> None:
     info = await h.driver.create_vdi(h.sr, vid := new_uuid(), 10 * GiB)
     assert info.virtual_size == 10 * GiB and info.format == "qcow2" and info.uuid == vid
@@ -119,6 +138,7 @@ async def test_create_10gib_vdi_is_thin(h: Harness) -> None:
     assert raw.format == "raw" and raw.virtual_size == 3 * MiB + 512  # whole sectors, like qemu
 
 
+@needs(CREATE, Capability.VDI_RESIZE)
 async def test_disks_beyond_2tib(h: Harness) -> None:
     location = (await h.driver.create_vdi(h.sr, new_uuid(), 3 * TiB)).location
     await h.write(location, 3 * TiB - MiB, 0x77, MiB)
@@ -127,6 +147,7 @@ async def test_disks_beyond_2tib(h: Harness) -> None:
     assert await h.read(location, 3 * TiB - MiB, MiB) == b"\x77" * MiB
 
 
+@needs(Capability.VDI_CLONE)
 async def test_clone_is_linked_and_isolated(h: Harness) -> None:
     src = await make_vdi(h, 10 * GiB)
     await h.write(src, 0, 0x5A, MiB)
@@ -145,6 +166,7 @@ async def test_clone_is_linked_and_isolated(h: Harness) -> None:
     assert {v.location for v in await h.driver.scan(h.sr)} == {src, clone.location}  # the base is hidden
 
 
+@needs(Capability.VDI_CLONE)
 async def test_clone_time_does_not_grow_with_size(h: Harness) -> None:
     timings = []
     for size in (GiB, 20 * GiB):
@@ -157,6 +179,7 @@ async def test_clone_time_does_not_grow_with_size(h: Harness) -> None:
     assert max(timings) < 2.0
 
 
+@needs(Capability.VDI_SNAPSHOT, Capability.VDI_DELETE)
 async def test_snapshot_keeps_point_in_time(h: Harness) -> None:
     src = await make_vdi(h)
     await h.write(src, 0, 0x5A, MiB)
@@ -175,10 +198,11 @@ async def test_snapshot_keeps_point_in_time(h: Harness) -> None:
     # Every hidden base went with its last child.
     assert await h.driver.scan(h.sr) == []
     assert (await h.driver.stat_sr(h.sr)).physical_utilisation < MiB
-    if h.kind == "file":
+    if h.sees_files:
         assert h.files() == {".pyxapi-sr"}
 
 
+@needs(Capability.VDI_SNAPSHOT, Capability.VDI_RESIZE)
 async def test_coalesce_keeps_chains_short(h: Harness) -> None:
     src = await make_vdi(h)
     await h.write(src, 0, 0x5A, MiB)
@@ -195,7 +219,7 @@ async def test_coalesce_keeps_chains_short(h: Harness) -> None:
     info = await h.driver.stat_vdi(h.sr, src)
     assert info.parent is None and info.virtual_size == 128 * MiB
     assert await h.read(src, 0, 2 * MiB) == b"\x5a" * MiB + b"\x11" * MiB
-    if h.kind == "file":
+    if h.sees_files:
         assert h.files() == {".pyxapi-sr", src}
     # With two children left, a base stays.
     clone = await h.driver.clone_vdi(h.sr, src, new_uuid())
@@ -203,6 +227,7 @@ async def test_coalesce_keeps_chains_short(h: Harness) -> None:
     assert (await h.driver.stat_vdi(h.sr, clone.vdi.location)).parent == clone.base
 
 
+@needs(CREATE, Capability.VDI_CLONE)
 async def test_raw_vdis_clone_by_full_copy(h: Harness) -> None:
     src = await make_vdi(h, 8 * MiB, "raw")
     await h.write(src, 0, 0x44, MiB)
@@ -212,6 +237,7 @@ async def test_raw_vdis_clone_by_full_copy(h: Harness) -> None:
     assert await h.read(result.vdi.location, 0, MiB) == b"\x44" * MiB
 
 
+@needs(Capability.VDI_RESIZE)
 async def test_resize_grows_never_shrinks(h: Harness) -> None:
     location = await make_vdi(h, GiB)
     await h.write(location, 0, 0x5A, MiB)
@@ -230,6 +256,7 @@ async def test_resize_grows_never_shrinks(h: Harness) -> None:
     await h.driver.detach_vdi(h.sr, location)
 
 
+@needs(Capability.VDI_DELETE)
 async def test_attach_rules(h: Harness) -> None:
     location = await make_vdi(h)
     attach = await h.driver.attach_vdi(h.sr, location)
@@ -253,6 +280,7 @@ async def test_attach_rules(h: Harness) -> None:
         await h.driver.stat_vdi(h.sr, location)
 
 
+@needs(Capability.VDI_CLONE)
 async def test_scan_finds_images_added_behind_our_back(h: Harness) -> None:
     h.add_foreign("disk-from-admin.qcow2", 2 * GiB)
     found = {v.location: v for v in await h.driver.scan(h.sr)}
@@ -262,6 +290,7 @@ async def test_scan_finds_images_added_behind_our_back(h: Harness) -> None:
     assert clone.vdi.virtual_size == 2 * GiB
 
 
+@needs(Capability.VDI_SNAPSHOT, Capability.VDI_COPY)
 async def test_copy_is_full_and_independent(h: Harness) -> None:
     src = await make_vdi(h)
     await h.write(src, 0, 0x5A, MiB)
@@ -279,6 +308,7 @@ async def test_copy_is_full_and_independent(h: Harness) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["raw", "vhd", "qcow2"])
+@needs(CREATE)
 async def test_export_import_roundtrip(h: Harness, fmt: str) -> None:
     src = await make_vdi(h)
     await h.write(src, 0, 0x5A, MiB)
@@ -299,7 +329,7 @@ async def test_export_import_roundtrip(h: Harness, fmt: str) -> None:
     run("qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", str(a), str(b))
     run("qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", str(a), str(c))  # extra tail must be zeros
     run("qemu-img", "compare", "-q", "-f", "raw", "-F", qemuimg.QEMU_FORMAT[fmt], str(a), str(exported))
-    if h.kind == "file":
+    if h.sees_files:
         run("qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2", str(h.root / src), str(h.root / new.location))
 
 
@@ -311,6 +341,7 @@ async def test_export_as_a_stream(h: Harness) -> None:
     assert os.listdir(h.tmp) == []  # the temporary export is gone
 
 
+@needs(CREATE)
 async def test_import_from_a_stream(h: Harness) -> None:
     async def body() -> AsyncIterator[bytes]:
         for byte in (0x01, 0x02):
@@ -323,6 +354,7 @@ async def test_import_from_a_stream(h: Harness) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncated-qcow2", "truncated-vhd", "garbage-qcow2", "backing-qcow2"])
+@needs(CREATE)
 async def test_bad_images_are_refused_and_leave_nothing(h: Harness, damage: str) -> None:
     src = await make_vdi(h, 16 * MiB)
     await h.write(src, 0, 0x5A, 8 * MiB)
@@ -378,12 +410,36 @@ async def test_unsafe_locations_are_rejected(h: Harness, location: str) -> None:
 
 
 @pytest.mark.parametrize("bad", ["../../etc/x", "not-a-uuid", "5A1F7C56-1C8B-4B8E-9E4B-1D0D3C2A4F10"])
+@needs(CREATE)
 async def test_new_vdi_names_must_be_uuids(h: Harness, bad: str) -> None:
     files = h.files()
     with pytest.raises(InvalidUuid) as err:
         await h.driver.create_vdi(h.sr, bad, GiB)
     assert err.value.description == ["UUID_INVALID", "VDI", bad]
     assert h.files() == files and await h.driver.scan(h.sr) == []
+
+
+async def test_undeclared_capabilities_are_refused(h: Harness) -> None:
+    """Capabilities are the contract: what a driver does not declare, it refuses with xapi's error."""
+    caps = h.driver.capabilities
+    assert caps <= set(Capability) and Capability.VDI_ATTACH in caps and Capability.VDI_DETACH in caps
+    assert h.driver.sm_info.capabilities == caps and h.driver.sm_info.features == {c: 1 for c in caps}
+    location = await make_vdi(h, 8 * MiB)
+    await h.write(location, 0, 0x5A, MiB)  # every kind carries data
+    assert await h.read(location, 0, MiB) == b"\x5a" * MiB
+    calls = {
+        Capability.VDI_CREATE: lambda: h.driver.create_vdi(h.sr, new_uuid(), MiB),
+        Capability.VDI_DELETE: lambda: h.driver.destroy_vdi(h.sr, location),
+        Capability.VDI_CLONE: lambda: h.driver.clone_vdi(h.sr, location, new_uuid()),
+        Capability.VDI_SNAPSHOT: lambda: h.driver.snapshot_vdi(h.sr, location, new_uuid()),
+        Capability.VDI_RESIZE: lambda: h.driver.resize_vdi(h.sr, location, 16 * MiB),
+    }
+    for cap, call in calls.items():
+        if cap not in caps:
+            with pytest.raises(StorageError) as err:
+                await call()
+            assert err.value.description == ["SR_OPERATION_NOT_SUPPORTED", h.sr.uuid], cap
+    assert {v.location for v in await h.driver.scan(h.sr)} == {location}  # nothing was made or lost
 
 
 def test_errors_match_the_catalogue() -> None:

@@ -104,7 +104,7 @@ def test_bad_srs_and_vdis_get_real_errors(xapi: XenAPI.Session, tmp_path: Path) 
     assert failure(new_vdi, x, iso, GiB) == ["SR_OPERATION_NOT_SUPPORTED", iso]
     assert failure(new_vdi, x, sr, -1)[0] == "SR_BACKEND_FAILURE_79"
     assert failure(new_vdi, x, sr, 1 << 60)[0] == "VDI_TOO_LARGE"
-    assert sorted(x.SR.get_supported_types()) == ["file", "iso", "sim"]
+    assert sorted(x.SR.get_supported_types()) == ["file", "iscsi", "iso", "lvm", "nfs", "sim"]
 
 
 def test_provision_other_install_media_on_the_default_sr(xapi: XenAPI.Session) -> None:

@@ -63,10 +63,10 @@ async def wait_task(srv: Api, task: str) -> dict[str, Any]:
 
 async def test_first_start_makes_sms_and_the_default_srs(srv: Api) -> None:
     sms = {r["type"]: r for r in (await srv("SM.get_all_records")).values()}
-    assert set(sms) == {"file", "iso", "sim"}
+    assert set(sms) == {"file", "iso", "sim", "nfs", "iscsi", "lvm"}
     assert "VDI_CLONE" in sms["file"]["capabilities"] and sms["file"]["features"]["VDI_SNAPSHOT"] == 1
     assert sms["iso"]["configuration"] == {"location": "Absolute path of an existing local directory of .iso files"}
-    assert await srv("SR.get_supported_types") == ["file", "iso", "sim"]
+    assert await srv("SR.get_supported_types") == ["file", "iscsi", "iso", "lvm", "nfs", "sim"]
     sr = await default_sr(srv)
     rec = await srv("SR.get_record", sr)
     assert (rec["name_label"], rec["type"], rec["content_type"]) == ("Local storage", "file", "user")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import StorageDriver, StorageError
 
-SR_TYPES = ("file", "iso", "sim")
+SR_TYPES = ("file", "iso", "sim", "nfs", "iscsi", "lvm")
 
 
 def make_driver(sr_type: str) -> StorageDriver:
@@ -18,6 +18,18 @@ def make_driver(sr_type: str) -> StorageDriver:
         from .iso import IsoStorageDriver
 
         return IsoStorageDriver()
+    if sr_type == "nfs":
+        from .nfs import NfsStorageDriver
+
+        return NfsStorageDriver()
+    if sr_type == "iscsi":
+        from .iscsi import IscsiStorageDriver
+
+        return IscsiStorageDriver()
+    if sr_type == "lvm":
+        from .lvm import LvmStorageDriver
+
+        return LvmStorageDriver()
     if sr_type == "sim":
         from .sim import SimStorageDriver
 

@@ -217,6 +217,29 @@ class SMError(IntEnum):
     ISO_DCONF_MISSING_LOCATION = 220
     ISO_MUST_HAVE_ISO_EXTENSION = 221
     ISO_LOCAL_PATH = 226
+    # Shared storage (nfs, iscsi, lvm drivers), numbered as in SM's XE_SR_ERRORCODES.xml.
+    LVM_MOUNT = 52
+    ISCSI_LOGIN = 68
+    NFS_VERSION = 72
+    NFS_MOUNT = 73
+    NFS_DELETE = 76
+    LVM_GROUP_CREATE = 77
+    ISCSI_DISCOVERY = 83
+    NFS_CREATE = 88
+    CONFIG_LUNID_MISSING = 89
+    CONFIG_DEVICE_MISSING = 90
+    CONFIG_DEVICE_INVALID = 91
+    CONFIG_TARGET_MISSING = 95
+    CONFIG_TARGET_IQN_MISSING = 96
+    CONFIG_SERVER_PATH_MISSING = 101
+    CONFIG_SERVER_MISSING = 102
+    CONFIG_SERVER_PATH_BAD = 103
+    INVALID_IQN = 106
+    CONFIG_SCSIID = 107
+    NFS_TARGET = 108
+    DNS_ERROR = 140
+    ISCSI_TARGET = 141
+    ISCSI_PORT = 142
 
 
 class StorageError(ApiError):
@@ -380,6 +403,29 @@ _SM_TEXT: dict[SMError, str] = {
     SMError.ISO_DCONF_MISSING_LOCATION: "'Location' parameter must be specified in Device Configuration",
     SMError.ISO_MUST_HAVE_ISO_EXTENSION: "ISO name must have .iso extension",
     SMError.ISO_LOCAL_PATH: "Invalid local path",
+    SMError.LVM_MOUNT: "Logical Volume mount/activate error",
+    SMError.ISCSI_LOGIN: "ISCSI login failed - check access settings for the initiator on the storage, "
+    "if CHAP is used verify CHAP credentials",
+    SMError.NFS_VERSION: "Required NFS server version unsupported",
+    SMError.NFS_MOUNT: "NFS mount error",
+    SMError.NFS_DELETE: "Failed to remove NFS mount point",
+    SMError.LVM_GROUP_CREATE: "Logical Volume group creation failed",
+    SMError.ISCSI_DISCOVERY: "ISCSI discovery failed",
+    SMError.NFS_CREATE: "NFS SR creation error",
+    SMError.CONFIG_LUNID_MISSING: "The request is missing the LUNid parameter",
+    SMError.CONFIG_DEVICE_MISSING: "The request is missing the device parameter",
+    SMError.CONFIG_DEVICE_INVALID: "The device is not a valid path",
+    SMError.CONFIG_TARGET_MISSING: "The request is missing the target parameter",
+    SMError.CONFIG_TARGET_IQN_MISSING: "The request is missing or has an incorrect target IQN parameter",
+    SMError.CONFIG_SERVER_PATH_MISSING: "The request is missing the serverpath parameter",
+    SMError.CONFIG_SERVER_MISSING: "The request is missing the server parameter",
+    SMError.CONFIG_SERVER_PATH_BAD: "The serverpath argument is not valid",
+    SMError.INVALID_IQN: "The IQN provided is an invalid format",
+    SMError.CONFIG_SCSIID: "The SCSIid parameter is missing or incorrect",
+    SMError.NFS_TARGET: "Unable to detect an NFS service on this target.",
+    SMError.DNS_ERROR: "Incorrect DNS name, unable to resolve.",
+    SMError.ISCSI_TARGET: "Unable to connect to ISCSI service on target",
+    SMError.ISCSI_PORT: "Incorrect value for iSCSI port, must be a number between 1 and 65535",
 }
 
 # -------------------------------------------------------------------------------------------- protocol
