@@ -25,6 +25,9 @@ class Config:
     hypervisor: str = "sim"
     network: str = "sim"
     netns: str | None = None  # where bridges, taps, DHCP and QEMU live (None: this namespace)
+    # Outside a netns, host NICs are the machine's own: PIFs for them stay unmanaged (read-only)
+    # and pyxapi refuses to enslave them or change their addresses unless this is set.
+    manage_host_nics: bool = False
     max_sessions: int = 400
     session_idle_timeout: float = 24 * 3600.0
     max_finished_tasks: int = 200

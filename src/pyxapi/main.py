@@ -213,6 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--hypervisor", default="auto", help="qemu, sim, or auto (qemu when installed)")
     s.add_argument("--network", default="auto", help="bridge, ovs, sim, or auto (bridge)")
     s.add_argument("--netns", help="network namespace for bridges, taps, DHCP and guests (must exist)")
+    s.add_argument(
+        "--manage-host-nics",
+        action="store_true",
+        help="without --netns: let PIF operations reconfigure this machine's own NICs (off: read-only)",
+    )
     s.add_argument("--unix-socket", type=Path)
     s.add_argument("--log-level", default="INFO")
     p = sub.add_parser("passwd", help="set a local account's password (offline; creates the account)")
@@ -234,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         hypervisor=args.hypervisor,
         network=args.network,
         netns=args.netns,
+        manage_host_nics=args.manage_host_nics,
     )
     asyncio.run(serve(config))
 

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 from pyxapi.context import Context
 from pyxapi.db.store import NULL_REF
@@ -19,6 +20,8 @@ from pyxapi.drivers.hypervisor.base import NicSpec
 from pyxapi.drivers.network import base as net
 from pyxapi.drivers.network.dhcp import DhcpConfig, DhcpService
 from pyxapi.model.errors import ApiError
+from pyxapi.ops import vif_rules, vif_spec
+from pyxapi.ops.network_setup import ensure_attached, start_of_day
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,9 @@ class NetworkRuntime:
 
     async def start(self) -> None:
         await self.driver.start()
+        await start_of_day(self)  # PIFs: the first start's NIC scan, then bring-up (ops/network_setup.py)
         for _, rec in self.ctx.store.items("network"):
-            if rec["managed"] and rec["bridge"]:
+            if rec["managed"] and rec["bridge"] and not rec["PIFs"]:  # host-internal networks
                 await self.realise(rec["bridge"], rec["MTU"], rec["other_config"].get(INTERNAL_SUBNET_KEY))
 
     async def realise(self, bridge: str, mtu: int, subnet: str | None) -> None:
@@ -94,6 +98,25 @@ class NetworkRuntime:
         await service.start()
         self._dhcp[bridge] = service
 
+    async def ensure_bridge(self, network: dict[str, Any]) -> None:
+        """Networks are attached on demand, as xapi does when a VM starts: make the bridge if missing."""
+        if network["PIFs"] or not network["managed"]:
+            await ensure_attached(self.ctx, network)  # its PIFs plugged, or its bridge checked
+            return
+        try:
+            await self.driver.get_bridge(network["bridge"])
+        except net.NotFound:
+            await self.realise(network["bridge"], network["MTU"], network["other_config"].get(INTERNAL_SUBNET_KEY))
+
+    async def release(self, bridge: str) -> None:
+        """A host-internal bridge no network needs any more: its DHCP service stops, the bridge goes."""
+        service = self._dhcp.pop(bridge, None)
+        if service is not None:
+            with contextlib.suppress(Exception):
+                await service.stop()
+        with contextlib.suppress(net.NotFound):
+            await self.driver.destroy_bridge(bridge)
+
     async def stop(self) -> None:
         for service in self._dhcp.values():
             with contextlib.suppress(Exception):
@@ -112,22 +135,12 @@ class NetworkRuntime:
                 if network is None or not network["bridge"]:
                     continue
                 tap = tap_name(rec["uuid"], v["device"])
+                await self.ensure_bridge(network)
                 with contextlib.suppress(net.NotFound):
                     await self.driver.detach_vif(tap)  # a leftover from a crash
-                await self.driver.attach_vif(
-                    net.VifSpec(
-                        device=tap,
-                        bridge=network["bridge"],
-                        mac=v["MAC"],
-                        mtu=v["MTU"] or network["MTU"],
-                        locking=net.VifLocking(
-                            mode=v["locking_mode"],
-                            ipv4_allowed=tuple(v["ipv4_allowed"]),
-                            ipv6_allowed=tuple(v["ipv6_allowed"]),
-                        ),
-                    )
-                )
-                nics[vif] = NicSpec(device=int(v["device"]), mac=v["MAC"], tap=tap, mtu=v["MTU"] or None)
+                # Locking (with the network's default) and rate limit as VIF.plug applies them.
+                await self.driver.attach_vif(vif_spec.driver_spec(v, network, tap))
+                nics[vif] = vif_spec.nic_spec(v, tap, self.driver.capabilities)
         except net.NetworkError as e:
             await self.unplug_vifs(vm)
             raise ApiError("INTERNAL_ERROR", f"network: {e}") from None
@@ -151,3 +164,4 @@ class NetworkRuntime:
             for vif in store.get("VM", vm)["VIFs"]:
                 if store.get("VIF", vif)["currently_attached"] != attached:
                     store.set_field("VIF", vif, "currently_attached", attached)
+            vif_rules.refresh_vm_vifs(store, vm)

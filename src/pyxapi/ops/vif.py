@@ -1,13 +1,22 @@
-"""VIF.create: xapi's checks and its MAC generation."""
+"""VIF.create and VIF.destroy with xapi's checks (xapi_vif_helpers), and the class's message table.
+
+Hot-plug, unplug and move live in vif_hotplug; locking and QoS in vif_locking.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pyxapi.api.dispatch import Call, Handler
-from pyxapi.model.errors import ApiError
+from pyxapi.db.store import NULL_REF
+from pyxapi.model.errors import OPERATION_NOT_ALLOWED, ApiError
+from pyxapi.ops import vif_hotplug, vif_locking, vif_rules
 from pyxapi.ops.network_runtime import valid_mac
 from pyxapi.ops.vm_clone import random_mac
+from pyxapi.wire.marshal import now_datetime
+
+_DEVICE = re.compile(r"[0-9]+")  # xapi: an unsigned decimal integer
 
 
 def create(call: Call, record: dict[str, Any]) -> str:
@@ -17,9 +26,9 @@ def create(call: Call, record: dict[str, Any]) -> str:
     vm, device = fields.get("VM", ""), str(fields.get("device", ""))
     store.get("VM", vm)
     store.get("network", fields.get("network", ""))
-    if not device.isdigit():
+    if not _DEVICE.fullmatch(device):
         raise ApiError("INVALID_DEVICE", device)
-    if any(store.get("VIF", v)["device"] == device for v in store.get("VM", vm)["VIFs"]):
+    if any(int(store.get("VIF", v)["device"]) == int(device) for v in store.get("VM", vm)["VIFs"]):
         raise ApiError("DEVICE_ALREADY_EXISTS", device)
     mac = str(fields.get("MAC", ""))
     if mac == "":
@@ -29,7 +38,36 @@ def create(call: Call, record: dict[str, Any]) -> str:
         raise ApiError("MAC_INVALID", mac)
     else:
         fields["MAC"] = mac.lower()
-    return store.create("VIF", fields)
+    # xapi stores these unchecked and fails when the VIF is plugged; refusing them here keeps a
+    # VIF that can never be plugged out of the database.
+    fields["ipv4_allowed"] = vif_locking.checked_addresses(fields.get("ipv4_allowed", []), 4)
+    fields["ipv6_allowed"] = vif_locking.checked_addresses(fields.get("ipv6_allowed", []), 6)
+    if fields.get("currently_attached") and store.get("VM", vm)["power_state"] != "Suspended":
+        # xapi's own error, with its one parameter: only an imported suspended VM comes with plugged VIFs.
+        raise ApiError("VM_BAD_POWER_STATE", "Plugged VIF creation only allowed for suspended VM")
+    with store.transaction():
+        fields["metrics"] = store.create("VIF_metrics", {"last_updated": now_datetime()})
+        vif = store.create("VIF", fields)
+        vif_rules.refresh_vif(store, vif)
+    return vif
 
 
-MESSAGES: dict[str, Handler] = {"create": create}
+def destroy(call: Call, vif: str) -> None:
+    """xapi's rule: not while attached to a VM that has a domain (running or paused)."""
+    store = call.ctx.store
+    rec = store.get("VIF", vif)
+    vm = store.find("VM", rec["VM"])
+    if vm is not None and vm["power_state"] in ("Running", "Paused") and rec["currently_attached"]:
+        raise ApiError(OPERATION_NOT_ALLOWED, "VIF currently attached to a running VM")
+    with store.transaction():
+        if rec["metrics"] != NULL_REF and store.exists("VIF_metrics", rec["metrics"]):
+            store.destroy("VIF_metrics", rec["metrics"])
+        store.destroy("VIF", vif)
+
+
+MESSAGES: dict[str, Handler] = {
+    "create": create,
+    "destroy": destroy,
+    **vif_hotplug.MESSAGES,
+    **vif_locking.MESSAGES,
+}

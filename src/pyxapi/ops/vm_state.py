@@ -15,7 +15,7 @@ from pyxapi.db.store import NULL_REF
 from pyxapi.drivers.hypervisor.base import DomainInfo, DomainSpec, DomainState, HypervisorDriver
 from pyxapi.engine.operations import refresh_vm_allowed
 from pyxapi.model.errors import ApiError
-from pyxapi.ops import console
+from pyxapi.ops import console, vif_rules
 from pyxapi.wire.marshal import now_datetime
 
 
@@ -89,6 +89,7 @@ def record_paused(ctx: Context, vm: str, paused: bool) -> None:
     with store.transaction():
         store.set_field("VM", vm, "power_state", "Paused" if paused else "Running")
         refresh_vm_allowed(store, vm)
+        vif_rules.refresh_vm_vifs(store, vm)  # no VIF hot-plug while paused
 
 
 def record_halted(ctx: Context, vm: str, keep_suspend: bool = False) -> None:

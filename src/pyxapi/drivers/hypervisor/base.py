@@ -167,6 +167,9 @@ class NicSpec:
     mac: str
     tap: str  # an existing tap device (created by the network driver), opened by name
     mtu: int | None = None
+    # False: the guest computes checksums and segments itself, for a switch that forwards frames
+    # as they are (Open vSwitch's user-space datapath) and cannot finish offloaded ones.
+    offload: bool = True
 
 
 @dataclass(frozen=True, slots=True)

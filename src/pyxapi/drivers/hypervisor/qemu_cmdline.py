@@ -152,6 +152,10 @@ def disk_device(disk: DiskSpec, bootindex: int | None = None) -> dict[str, Any]:
     return dev
 
 
+# What a guest may hand to the host half done: checksums, then the segmentation that needs them.
+_NIC_OFFLOADS = ("csum", "gso", "host_tso4", "host_tso6", "host_ecn", "host_ufo")
+
+
 def nic_netdev(nic: NicSpec) -> dict[str, Any]:
     return {"type": "tap", "id": netdev_id(nic.device), "ifname": nic.tap, "script": "no",
             "downscript": "no"}
@@ -162,6 +166,8 @@ def nic_device(nic: NicSpec, bootindex: int | None = None) -> dict[str, Any]:
                            "mac": nic.mac.lower(), "bus": "pci.0", "addr": hex(NIC_SLOT0 + nic.device)}
     if nic.mtu is not None:
         dev["host_mtu"] = nic.mtu
+    if not nic.offload:
+        dev.update(dict.fromkeys(_NIC_OFFLOADS, False))
     if bootindex is not None:
         dev["bootindex"] = bootindex
     return dev

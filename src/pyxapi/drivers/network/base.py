@@ -40,6 +40,9 @@ class Capability(enum.StrEnum):
     COUNTERS = "counters"
     HOST_NICS = "host_nics"
     IP_CONFIG = "ip_config"  # set_ipv4_address
+    # Guests' checksum and segmentation offloads survive the data path (a kernel switch finishes
+    # them); without it a guest must send finished frames (NicSpec.offload=False).
+    GUEST_OFFLOAD = "guest_offload"
 
 
 # ---------------------------------------------------------------- errors
@@ -196,6 +199,20 @@ class HostNic:
     speed_mbps: int | None  # None when the device does not say
     kind: str  # "" for hardware, else the kernel link kind (veth, dummy, ...)
     master: str | None = None  # the bridge or bond it is enslaved to, when known
+    duplex: bool | None = None  # full duplex; None when the device does not say
+    ipv4: tuple[str, ...] = ()  # addresses on the NIC itself (CIDR), to find the management NIC
+    hardware: NicHardware | None = None  # None for virtual devices (veth) and inside namespaces
+
+
+@dataclass(frozen=True, slots=True)
+class NicHardware:
+    """What the bus says about a NIC; names come from the PCI ID database when it is installed."""
+
+    vendor_id: str = ""  # "0x8086"
+    device_id: str = ""
+    vendor_name: str = ""
+    device_name: str = ""
+    pci_bus_path: str = ""  # "0000:00:03.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +260,10 @@ class NetworkDriver(Protocol):
 
     async def update_vif(self, spec: VifSpec) -> VifInfo:
         """Re-apply MTU, tag, locking and rate limit to an attached VIF (same bridge)."""
+
+    async def move_vif(self, spec: VifSpec) -> VifInfo:
+        """Move an attached VIF to ``spec.bridge`` (and apply the rest of the spec), keeping its
+        device: the guest's NIC stays open and only its network changes (xapi's VIF.move)."""
 
     async def detach_vif(self, device: str) -> None:
         """Remove the port; delete the tap if the driver created it. NotFound if not attached."""

@@ -57,6 +57,7 @@ _BASE_CAPS = frozenset(
         Capability.COUNTERS,
         Capability.HOST_NICS,
         Capability.IP_CONFIG,
+        Capability.GUEST_OFFLOAD,
     }
 )
 
@@ -231,18 +232,38 @@ class LinuxBridgeDriver:
         self._vifs[spec.device] = (spec, tag)
         return vif_info(spec, tag)
 
+    async def _attached(self, device: str) -> tuple[str, bool]:
+        """(bridge, created by us) of an attached VIF; after a daemon restart, from the kernel."""
+        rec = self._vifs.get(device)
+        if rec is not None:
+            return rec[0].bridge, rec[0].create_tap
+        link = await nl.get_link(self.netns, device)
+        if link is None or link.master is None or link.alias.startswith(UPLINK):
+            raise NotFound("vif", device)
+        return link.master, link.alias == TAP
+
     async def update_vif(self, spec: VifSpec) -> VifInfo:
         spec = check_vif(spec)
-        old = self._vifs.get(spec.device)
-        if old is None:
-            raise NotFound("vif", spec.device)
-        if old[0].bridge != spec.bridge:
-            raise InvalidArgument(f"{spec.device} is on {old[0].bridge}: detach and attach to move it")
+        bridge, created = await self._attached(spec.device)
+        if bridge != spec.bridge:
+            raise InvalidArgument(f"{spec.device} is on {bridge}: detach and attach to move it")
         tag = self._check_features(spec, await self.get_bridge(spec.bridge))
         await nl.set_link(self.netns, spec.device, mtu=spec.mtu)
         if Capability.LOCKING in self._caps:
             await self._nft_apply(spec)
-        spec = replace(spec, create_tap=old[0].create_tap)
+        spec = replace(spec, create_tap=created)
+        self._vifs[spec.device] = (spec, tag)
+        return vif_info(spec, tag)
+
+    async def move_vif(self, spec: VifSpec) -> VifInfo:
+        spec = check_vif(spec)
+        _, created = await self._attached(spec.device)
+        tag = self._check_features(spec, await self.get_bridge(spec.bridge))
+        # The nftables rules follow the device name, not the bridge: re-applying them is enough.
+        await nl.set_link(self.netns, spec.device, master=spec.bridge, mtu=spec.mtu, state="up")
+        if Capability.LOCKING in self._caps:
+            await self._nft_apply(spec)
+        spec = replace(spec, create_tap=created)
         self._vifs[spec.device] = (spec, tag)
         return vif_info(spec, tag)
 

@@ -22,6 +22,7 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from . import nic_info
 from .base import AlreadyExists, Counters, HostNic, NetworkError, NotFound, NotSupported
 
 # Kinds list_host_nics reports: hardware (no kind), and the stand-ins tests and small hosts use.
@@ -208,8 +209,9 @@ _SIOCETHTOOL = 0x8946
 _ETHTOOL_GSET = 0x00000001
 
 
-def _speed_in(netns: str | None, names: list[str]) -> dict[str, int | None]:
-    """Legacy ETHTOOL_GSET ioctl on a socket opened inside the namespace (blocking)."""
+def _ethtool_in(netns: str | None, names: list[str]) -> dict[str, tuple[int | None, bool | None]]:
+    """Speed (Mbit/s) and full duplex, by the legacy ETHTOOL_GSET ioctl on a socket opened
+    inside the namespace (blocking)."""
     from pyroute2 import netns as pnetns
 
     sock = (
@@ -217,7 +219,7 @@ def _speed_in(netns: str | None, names: list[str]) -> dict[str, int | None]:
         if netns
         else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     )
-    out: dict[str, int | None] = {}
+    out: dict[str, tuple[int | None, bool | None]] = {}
     try:
         for name in names:
             buf = ctypes.create_string_buffer(struct.pack("I", _ETHTOOL_GSET) + b"\0" * 40)
@@ -225,21 +227,38 @@ def _speed_in(netns: str | None, names: list[str]) -> dict[str, int | None]:
             try:
                 fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifreq)
             except OSError:
-                out[name] = None
+                out[name] = (None, None)
                 continue
             speed_lo = struct.unpack_from("H", buf.raw, 12)[0]
+            duplex = buf.raw[14]  # DUPLEX_HALF 0, DUPLEX_FULL 1, DUPLEX_UNKNOWN 0xff
             speed_hi = struct.unpack_from("H", buf.raw, 28)[0]
             speed = speed_lo | (speed_hi << 16)
-            out[name] = None if speed in (0, 0xFFFF, 0xFFFFFFFF) else speed
+            out[name] = (
+                None if speed in (0, 0xFFFF, 0xFFFFFFFF) else speed,
+                None if duplex not in (0, 1) else duplex == 1,
+            )
     finally:
         sock.close()
+    return out
+
+
+async def _ipv4_by_index(netns: str | None) -> dict[int, list[str]]:
+    async with ipr(netns) as ip:
+        addrs = [a async for a in await ip.addr("dump", family=socket.AF_INET)]
+    out: dict[int, list[str]] = {}
+    for a in addrs:
+        out.setdefault(a["index"], []).append(f"{a.get('address')}/{a['prefixlen']}")
     return out
 
 
 async def host_nics(netns: str | None) -> list[HostNic]:
     links = [lk for lk in await list_links(netns) if lk.kind in HARDWARE_KINDS and lk.name != "lo"]
     links = [lk for lk in links if lk.mac and lk.mac != "00:00:00:00:00:00"]
-    speeds = await asyncio.to_thread(_speed_in, netns, [lk.name for lk in links]) if links else {}
+    names = [lk.name for lk in links]
+    ethtool = await asyncio.to_thread(_ethtool_in, netns, names) if links else {}
+    addresses = await _ipv4_by_index(netns) if links else {}
+    # sysfs shows this mount namespace's view, the root network namespace: only trust it there.
+    hardware = await asyncio.to_thread(nic_info.hardware_of, names) if links and netns is None else {}
     return [
         HostNic(
             name=lk.name,
@@ -247,9 +266,12 @@ async def host_nics(netns: str | None) -> list[HostNic]:
             mtu=lk.mtu,
             carrier=lk.carrier and lk.up,
             up=lk.up,
-            speed_mbps=speeds.get(lk.name),
+            speed_mbps=ethtool.get(lk.name, (None, None))[0],
             kind=lk.kind,
             master=lk.master,
+            duplex=ethtool.get(lk.name, (None, None))[1],
+            ipv4=tuple(addresses.get(lk.index, ())),
+            hardware=hardware.get(lk.name),
         )
         for lk in sorted(links, key=lambda x: x.name)
     ]

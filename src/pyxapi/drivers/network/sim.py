@@ -65,6 +65,12 @@ class _Bridge:
     parent: str | None = None
 
 
+def _host_nic(d: _Dev) -> HostNic:
+    duplex = True if d.speed_mbps else None
+    ipv4 = (d.ipv4,) if d.ipv4 else ()
+    return HostNic(d.name, d.mac, d.mtu, d.carrier and d.up, d.up, d.speed_mbps, d.kind, d.master, duplex, ipv4)
+
+
 def _random_mac() -> str:
     return "02:" + ":".join(f"{random.randrange(256):02x}" for _ in range(5))
 
@@ -307,6 +313,18 @@ class SimNetworkDriver:
         self._vifs[spec.device] = replace(spec, create_tap=old.create_tap)
         return vif_info(spec, tag)
 
+    async def move_vif(self, spec: VifSpec) -> VifInfo:
+        spec = check_vif(spec)
+        old = self._vifs.get(spec.device)
+        if old is None:
+            raise NotFound("vif", spec.device)
+        tag = self._check_vif_features(spec, self._bridge(spec.bridge))
+        dev = self._devs[spec.device]
+        dev.master = spec.bridge
+        dev.mtu = spec.mtu
+        self._vifs[spec.device] = replace(spec, create_tap=old.create_tap)
+        return vif_info(spec, tag)
+
     async def detach_vif(self, device: str) -> None:
         spec = self._vifs.pop(device, None)
         if spec is None:
@@ -400,11 +418,7 @@ class SimNetworkDriver:
 
     async def list_host_nics(self) -> list[HostNic]:
         self._need(Capability.HOST_NICS)
-        return [
-            HostNic(d.name, d.mac, d.mtu, d.carrier and d.up, d.up, d.speed_mbps, d.kind, d.master)
-            for _, d in sorted(self._devs.items())
-            if d.kind in HARDWARE_KINDS
-        ]
+        return [_host_nic(d) for _, d in sorted(self._devs.items()) if d.kind in HARDWARE_KINDS]
 
     async def set_ipv4_address(self, device: str, address: str | None, gateway: str | None = None) -> None:
         self._need(Capability.IP_CONFIG)
