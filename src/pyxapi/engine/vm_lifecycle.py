@@ -30,7 +30,7 @@ POWER_STATES: Mapping[str, frozenset[str]] = {
     "suspend": frozenset({RUNNING}),
     "resume": frozenset({SUSPENDED}),
     "resume_on": frozenset({SUSPENDED}),
-    "checkpoint": frozenset({RUNNING}),
+    "checkpoint": frozenset({RUNNING, PAUSED, SUSPENDED}),
     "snapshot": ALL_STATES,
     "snapshot_with_quiesce": frozenset({RUNNING}),
     "clone": frozenset({HALTED, SUSPENDED}),
@@ -38,7 +38,7 @@ POWER_STATES: Mapping[str, frozenset[str]] = {
     "create_template": frozenset({HALTED, SUSPENDED}),
     "revert": ALL_STATES,
     "provision": frozenset({HALTED}),
-    "destroy": frozenset({HALTED}),
+    "destroy": frozenset({HALTED, SUSPENDED}),  # a checkpoint is a Suspended snapshot
     "make_into_template": frozenset({HALTED}),
     "export": frozenset({HALTED, SUSPENDED}),
     "metadata_export": ALL_STATES,
@@ -74,7 +74,9 @@ POWER_STATES: Mapping[str, frozenset[str]] = {
 TEMPLATE_OPERATIONS = frozenset(
     {"clone", "copy", "provision", "destroy", "export", "metadata_export", "create_template", "revert", "snapshot"}
 )
-SNAPSHOT_OPERATIONS = frozenset({"clone", "copy", "create_template", "revert", "destroy", "export", "metadata_export"})
+SNAPSHOT_OPERATIONS = frozenset(
+    {"clone", "copy", "create_template", "revert", "destroy", "export", "metadata_export", "hard_shutdown"}
+)
 CONTROL_DOMAIN_OPERATIONS = frozenset(
     {"changing_memory_live", "changing_dynamic_range", "data_source_op", "metadata_export", "call_plugin"}
 )
@@ -87,8 +89,11 @@ PREEMPTING: Mapping[str, frozenset[str]] = {
     "start": frozenset({"hard_shutdown", "power_state_reset"}),
     "suspend": frozenset({"hard_shutdown", "power_state_reset"}),
     "resume": frozenset({"hard_shutdown", "power_state_reset"}),
+    "reverting": frozenset({"hard_shutdown", "power_state_reset"}),  # revert halts the VM it reverts
 }
-ALWAYS_CONCURRENT = frozenset({"metadata_export", "data_source_op", "snapshot", "get_boot_record"})
+ALWAYS_CONCURRENT = frozenset({"metadata_export", "data_source_op", "get_boot_record"})
+# Operations that may overlap one another (xapi: snapshots with checkpoints, copies with copies).
+CONCURRENT_GROUPS = (frozenset({"snapshot", "checkpoint"}), frozenset({"clone", "copy", "export"}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +136,8 @@ def check(vm: VMView, op: str) -> None:
         raise ApiError(OPERATION_NOT_ALLOWED, f"unknown operation {op}")
     for task, running in vm.current_operations.items():
         if op in ALWAYS_CONCURRENT or op in PREEMPTING.get(running, frozenset()):
+            continue
+        if any(op in group and running in group for group in CONCURRENT_GROUPS):
             continue
         raise ApiError("OTHER_OPERATION_IN_PROGRESS", "VM", vm.ref, running, task)
     if vm.power_state not in allowed_states and not vm.is_control_domain:

@@ -27,6 +27,8 @@ from pyxapi.ops import (
     vlan,
     vm,
     vm_clone,
+    vm_snapshot,
+    vm_snapshot_revert,
 )
 from pyxapi.xva import messages as xva_messages
 
@@ -46,7 +48,7 @@ def custom_handlers(model: Model) -> dict[str, dict[str, Handler]]:
         "PIF": {**pif.MESSAGES, **pif_ip.MESSAGES},
         "VLAN": dict(vlan.MESSAGES),
         "Bond": dict(bond.MESSAGES),
-        "VM": {**vm.MESSAGES, **vm_clone.MESSAGES},
+        "VM": {**vm.MESSAGES, **vm_clone.MESSAGES, **vm_snapshot.MESSAGES, **vm_snapshot_revert.MESSAGES},
         "VIF": dict(vif.MESSAGES),
         "SR": dict(sr.MESSAGES),
         "PBD": dict(pbd.MESSAGES),

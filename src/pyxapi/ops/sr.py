@@ -197,8 +197,11 @@ async def destroy(call: Call, sr: str) -> None:
 
 async def scan(call: Call, sr: str) -> None:
     _check(call, sr, "scan")
+    storage = runtime(call.ctx)
     with _mark(call, sr, "scan"):
-        await runtime(call.ctx).scan(sr)
+        await storage.scan(sr)
+    # As SM's scan kicks its garbage collector: layers left by deleted snapshots merge in the background.
+    storage.spawn(storage.coalesce(sr), f"coalesce of SR {call.ctx.store.get('SR', sr)['uuid']}")
 
 
 async def update(call: Call, sr: str) -> None:

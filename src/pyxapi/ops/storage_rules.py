@@ -162,10 +162,6 @@ def vdi_error(store: Store, vdi: str, op: str) -> ApiError | None:
         if vbd_rec is not None and vbd_rec["current_operations"]:
             task, running = _first_op(vbd_rec["current_operations"])
             return ApiError("OTHER_OPERATION_IN_PROGRESS", "VBD", vbd, running, task)
-    # A running guest writing the disk holds the image open: a clone or snapshot would re-point the
-    # image under it, which needs the hypervisor to switch files live (not available yet).
-    if op in ("clone", "snapshot") and any(b["mode"] == "RW" and b["type"] != "CD" for _, b in active):
-        return ApiError("VDI_IN_USE", vdi, op)
     cap = VDI_CAPABILITY.get(op)
     if cap is not None and cap not in sm_capabilities(store, store.get("SR", sr)["type"]):
         return ApiError("SR_OPERATION_NOT_SUPPORTED", sr)

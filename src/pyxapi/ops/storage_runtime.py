@@ -314,11 +314,21 @@ class StorageRuntime:
         task.add_done_callback(self._background.discard)
 
     async def coalesce(self, sr: str) -> None:
-        driver, handle = await self.sr(sr)
-        with storage_errors(self.store, sr):
-            await driver.coalesce(handle)
-        if self.store.exists("SR", sr):
-            await self.refresh_sizes(sr)
+        """Merge the chain layers nothing needs any more (xapi's SR garbage collector), under a task
+        clients can watch: "SR.coalesce", its description naming the SR."""
+        tasks = self.ctx.tasks
+        task = tasks.create("SR.coalesce", f"SR {self.store.get('SR', sr)['uuid']}: merging unused snapshot layers")
+        try:
+            driver, handle = await self.sr(sr)
+            with storage_errors(self.store, sr):
+                merged = await driver.coalesce(handle)
+            if self.store.exists("SR", sr):
+                await self.refresh_sizes(sr)
+        except BaseException as e:
+            error = e.description if isinstance(e, ApiError) else ["INTERNAL_ERROR", f"{type(e).__name__}: {e}"]
+            tasks.finish(task, "failure", error=error)
+            raise
+        tasks.finish(task, "success", result=f"<value>{len(merged)}</value>")
 
     @contextlib.asynccontextmanager
     async def spool(

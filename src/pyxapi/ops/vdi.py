@@ -15,8 +15,9 @@ from typing import Any
 from pyxapi.api.dispatch import Call, Handler
 from pyxapi.db.store import NULL_REF, new_uuid
 from pyxapi.drivers.storage.base import VDIInfo
-from pyxapi.model.errors import OPERATION_NOT_ALLOWED, ApiError
+from pyxapi.model.errors import ApiError
 from pyxapi.ops import storage_rules as rules
+from pyxapi.ops import vm_snapshot_disks as live
 from pyxapi.ops.sr import runtime
 from pyxapi.ops.storage_runtime import (
     RESET_BASE,
@@ -109,38 +110,49 @@ async def destroy(call: Call, vdi: str) -> None:
     await _refresh_sizes(call, sr)
 
 
-async def _branch(call: Call, vdi: str, op: str) -> str:
+async def branch(call: Call, vdi: str, op: str, pending: list[live.Switch] | None = None) -> str:
+    """Clone or snapshot. A disk a running guest writes is switched onto its new overlay at once, or,
+    given `pending`, left for the caller to switch together with others (one instant for a VM)."""
     store = call.ctx.store
     rules.check_vdi(store, vdi, op)
     rec = store.get("VDI", vdi)
     sr = rec["SR"]
     storage = runtime(call.ctx)
     driver, handle = await storage.sr(sr)
+    running = live.live_disk(call.ctx, vdi)
     with _mark(call, vdi, op):
         new = new_uuid()
-        with storage_errors(store, sr, vdi):
-            if op == "snapshot":
-                result = await driver.snapshot_vdi(handle, rec["location"], new)
-            else:
-                result = await driver.clone_vdi(handle, rec["location"], new)
+        async with live.quiet_if_copied(call.ctx, running):
+            with storage_errors(store, sr, vdi):
+                if op == "snapshot":
+                    result = await driver.snapshot_vdi(handle, rec["location"], new)
+                else:
+                    result = await driver.clone_vdi(handle, rec["location"], new)
         storage.apply_vdi_info(vdi, result.source)
         fields = {**snapshot_fields(rec), "uuid": new}
         if op == "snapshot":
             fields.update(mark_snapshot(vdi))
         ref = storage.new_vdi_record(sr, result.vdi, fields)
+        if running is not None and result.source_repointed:
+            if pending is None:
+                await live.switch(call.ctx, [live.Switch(running, ref)])
+            else:
+                pending.append(live.Switch(running, ref))
     await _refresh_sizes(call, sr)
     return ref
 
 
 async def clone(call: Call, vdi: str, driver_params: dict[str, str]) -> str:
-    return await _branch(call, vdi, "clone")
+    return await branch(call, vdi, "clone")
 
 
 async def snapshot(call: Call, vdi: str, driver_params: dict[str, str]) -> str:
-    return await _branch(call, vdi, "snapshot")
+    return await branch(call, vdi, "snapshot")
 
 
-async def copy(call: Call, vdi: str, sr: str, base_vdi: str, into_vdi: str) -> str:
+async def copy(
+    call: Call, vdi: str, sr: str, base_vdi: str, into_vdi: str, progress: Callable[[float], None] | None = None
+) -> str:
     """A full copy into a new VDI on `sr`, or over the contents of `into_vdi`. A base_vdi only lets
     xapi send fewer blocks; copying everything gives the same result."""
     ctx = call.ctx
@@ -165,7 +177,7 @@ async def copy(call: Call, vdi: str, sr: str, base_vdi: str, into_vdi: str) -> s
     storage = runtime(ctx)
     src_driver, src_handle = await storage.sr(src["SR"])
     dst_driver, dst_handle = await storage.sr(sr)
-    progress = _progress(call)
+    progress = progress or _progress(call)  # a VM.copy gives each disk its share of the task's progress
     with _mark(call, vdi, "copy"):
         if into_vdi != NULL_REF:
             target = store.get("VDI", into_vdi)["location"]
@@ -204,10 +216,6 @@ async def resize(call: Call, vdi: str, size: int) -> None:
 
 
 async def resize_online(call: Call, vdi: str, size: int) -> None:
-    if rules.active_vbds(call.ctx.store, vdi):
-        # The running emulator holds the image: only it can grow the disk (QMP block_resize), and the
-        # hypervisor drivers do not offer that yet.
-        raise ApiError(OPERATION_NOT_ALLOWED, "growing a disk attached to a running VM is not supported yet")
     await _resize(call, vdi, size, "resize_online")
 
 
@@ -218,9 +226,16 @@ async def _resize(call: Call, vdi: str, size: int, op: str) -> None:
     sr = rec["SR"]
     storage = runtime(call.ctx)
     driver, handle = await storage.sr(sr)
+    running = live.live_disk(call.ctx, vdi) if op == "resize_online" else None
+    if running is not None and size < rec["virtual_size"]:
+        raise ApiError("VDI_TOO_SMALL", vdi, rec["virtual_size"])  # the image may not show the last growth yet
     with _mark(call, vdi, op):
         with storage_errors(store, sr, vdi):
-            info = await driver.resize_vdi(handle, rec["location"], size, online=False)
+            info = await driver.resize_vdi(handle, rec["location"], size, online=running is not None)
+        if running is not None:
+            # The running emulator holds the image: only it may grow it (QMP block_resize). The
+            # driver already said what the VDI will be once it has.
+            await live.grow(call.ctx, running, info.virtual_size)
         storage.apply_vdi_info(vdi, info)
     await _refresh_sizes(call, sr)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from pyxapi.api.dispatch import Call, Handler
@@ -207,6 +208,9 @@ async def _resume(call: Call, vm: str, op: str, paused: bool) -> None:
         try:
             # The disks the domain was saved with, locked again (the saved spec has their paths).
             disks = await storage.attach_vm(vm, {d.device for d in spec.disks}) if storage else {}
+            # The images as attached now: after a revert to a checkpoint they are fresh clones.
+            attached = {d.device: d for d in disks.values()}
+            spec = replace(spec, disks=tuple(attached.get(d.device, d) for d in spec.disks))
             if network:
                 await network.plug_vifs(vm)  # the same tap names the suspended spec opens
             async with driver_errors(vm):
@@ -372,6 +376,9 @@ def destroy(call: Call, vm: str) -> None:
     with running(store, vm, "destroy", call.task_ref):
         rec = store.get("VM", vm)
         with store.transaction():
+            for child in rec["children"]:  # the snapshot tree closes over the gap, as in xapi
+                if store.exists("VM", child):
+                    store.set_field("VM", child, "parent", rec["parent"])
             for cls, field in (("VBD", "VBDs"), ("VIF", "VIFs"), ("console", "consoles")):
                 for ref in rec[field]:
                     if store.exists(cls, ref):

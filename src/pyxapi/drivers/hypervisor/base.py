@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -51,6 +52,9 @@ class Capability(enum.StrEnum):
     SYSRQ = "sysrq"
     STATS = "stats"
     ADOPT = "adopt"  # survives a daemon restart and finds its domains again
+    LIVE_DISK_SNAPSHOT = "live_disk_snapshot"  # switch_disks: running disks move onto new overlays
+    DISK_RESIZE_ONLINE = "disk_resize_online"  # resize_disk: grow a disk the guest is using
+    CHECKPOINT = "checkpoint"  # save_memory: the memory image of a domain that then keeps existing
 
 
 class DomainState(enum.StrEnum):
@@ -410,3 +414,37 @@ class HypervisorDriver(Protocol):
     async def close(self) -> None:
         """Forget the domains without stopping them (they keep running; adopt() finds them)."""
         ...
+
+
+@runtime_checkable
+class LiveDiskDriver(Protocol):
+    """Optional operations, offered by a driver that lists the matching capability:
+    LIVE_DISK_SNAPSHOT (switch_disks), DISK_RESIZE_ONLINE (resize_disk), CHECKPOINT (save_memory).
+    Kept apart from HypervisorDriver so a driver without them still satisfies the contract."""
+
+    async def switch_disks(self, uuid: str, disks: Sequence[DiskSpec]) -> None:
+        """Make running disks write to new top images, all at one instant (a crash-consistent
+        snapshot across them). Each DiskSpec names a disk device the domain has and the path of a
+        fresh qcow2 overlay whose backing file holds exactly what that device has open now (the file
+        SR renamed it to a hidden base). Until the switch the guest's writes land in that backing
+        image, which is fine: the snapshot's point in time is the switch. Afterwards the old image
+        is only read. DeviceError (nothing switched) for an unknown device, a CD-ROM or a format
+        other than qcow2."""
+        ...
+
+    async def resize_disk(self, uuid: str, device: int, size: int) -> None:
+        """Grow a disk the guest is using; the guest sees the new size. InvalidArgument to shrink."""
+        ...
+
+    async def save_memory(self, uuid: str, image_path: str, *, timeout: float = 300.0) -> None:
+        """Write the domain's memory and device state to image_path (what resume() reads) and leave
+        the domain PAUSED at that instant: unpause() lets it continue. Disks snapshotted while it
+        stays paused match the image exactly (a checkpoint)."""
+        ...
+
+
+def live_disk_driver(driver: HypervisorDriver, feature: Capability) -> LiveDiskDriver:
+    """The driver as a LiveDiskDriver for `feature`, or NotSupported when it does not offer it."""
+    if feature not in driver.capabilities or not isinstance(driver, LiveDiskDriver):
+        raise NotSupported(feature, f"the {driver.name} driver cannot do it")
+    return driver

@@ -16,9 +16,11 @@ import os
 import shutil
 import string
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from pyxapi.drivers.hypervisor import qemu_blockdev
 from pyxapi.drivers.hypervisor import qemu_cmdline as cmd
 from pyxapi.drivers.hypervisor.base import (
     Capability,
@@ -387,6 +389,15 @@ class QemuDriver:
                 raise
             await self._destroy(d, ExitReason.SUSPENDED)
 
+    async def save_memory(self, uuid: str, image_path: str, *, timeout: float = 300.0) -> None:
+        d = self._get(uuid)
+        async with d.lock:
+            await d.mon.execute("stop")
+            d.state = DomainState.PAUSED
+            d.paths.suspend_status.unlink(missing_ok=True)
+            # The domain stays (paused, "postmigrate"); its next `cont` takes its images back.
+            await self._save(d, image_path, timeout)
+
     async def _save(self, d: QemuDomain, image_path: str, timeout: float) -> None:
         status = d.paths.suspend_status
         # QEMU 7.2 has no file: migration URI; exec: pipes the stream through cat.
@@ -433,6 +444,16 @@ class QemuDriver:
         d = self._get(uuid)
         async with d.lock:
             await d.unplug_disk(device, timeout)
+
+    async def switch_disks(self, uuid: str, disks: Sequence[DiskSpec]) -> None:
+        d = self._get(uuid)
+        async with d.lock:
+            await qemu_blockdev.switch_disks(d, disks)
+
+    async def resize_disk(self, uuid: str, device: int, size: int) -> None:
+        d = self._get(uuid)
+        async with d.lock:
+            await qemu_blockdev.resize_disk(d, device, size)
 
     async def set_cdrom(self, uuid: str, device: int, path: str | None) -> None:
         d = self._get(uuid)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pyxapi.drivers.hypervisor import qemu_blockdev
 from pyxapi.drivers.hypervisor import qemu_cmdline as cmd
 from pyxapi.drivers.hypervisor.base import (
     Capability,
@@ -209,7 +210,8 @@ class QemuDomain:
         if disk.is_cdrom:
             raise NotSupported(Capability.DISK_HOTPLUG, "CD-ROM drives are not hot-pluggable (IDE)")
         await self.device_del(cmd.disk_id(device), f"disk {device} unplug", timeout)
-        await self._del_nodes([f"{cmd.disk_node(device)}-file", cmd.disk_node(device)])
+        # Live snapshots may have stacked layers on the disk: all of them go, newest first.
+        await self._del_nodes(list(reversed(await qemu_blockdev.removal_order(self.mon, device))))
         self.spec = replace(self.spec, disks=tuple(d for d in self.spec.disks if d.device != device))
         self.save()
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from pyxapi.drivers.hypervisor.base import (
@@ -60,6 +61,8 @@ class SimDomain:
     agent: bool = True
     cpu_ns: float = 0.0
     run_since: float | None = None  # monotonic time the vCPUs last started running
+    disk_layers: dict[int, int] = field(default_factory=dict)  # device -> live snapshots taken of it
+    disk_sizes: dict[int, int] = field(default_factory=dict)  # device -> size given by resize_disk
 
     def cpu_time_ns(self) -> int:
         extra = 0.0 if self.run_since is None else (time.monotonic() - self.run_since) * 1e9 * self.vcpus * _BUSY
@@ -184,17 +187,27 @@ class SimHypervisor:
     async def suspend(self, uuid: str, image_path: str, *, timeout: float = 300.0) -> None:
         d = self._dom(uuid)
         await self._work()
+        self._write_image(d, image_path)
+        self._exit(d, ExitReason.SUSPENDED, True)
+
+    async def save_memory(self, uuid: str, image_path: str, *, timeout: float = 300.0) -> None:
+        d = self._dom(uuid)
+        d.set_running(False)
+        await self._work()
+        self._write_image(d, image_path)
+
+    def _write_image(self, d: SimDomain, image_path: str) -> None:
         image = {"magic": _IMAGE_MAGIC, "spec": d.spec.to_dict(), "vcpus": d.vcpus,
                  "memory_target": d.memory_target, "files": d.guest_files}
         with open(image_path, "w") as f:
             json.dump(image, f)
-        self._exit(d, ExitReason.SUSPENDED, True)
 
     async def resume(self, spec: DomainSpec, image_path: str, *, paused: bool = False) -> DomainInfo:
         spec.validate()
         try:
             with open(image_path) as f:
-                image = json.load(f)
+                # Copies of raw images are padded to whole sectors: the JSON ends at the first NUL.
+                image = json.loads(f.read().rstrip("\0"))
         except (OSError, ValueError) as e:
             raise StartError(spec.uuid, f"cannot read suspend image: {e}") from e
         if image.get("magic") != _IMAGE_MAGIC or image["spec"]["uuid"] != spec.uuid:
@@ -236,6 +249,32 @@ class SimHypervisor:
         if disk.is_cdrom:
             raise NotSupported(Capability.DISK_HOTPLUG, "CD-ROM drives are not hot-pluggable")
         d.spec = replace(d.spec, disks=tuple(x for x in d.spec.disks if x.device != device))
+        d.disk_layers.pop(device, None)
+        d.disk_sizes.pop(device, None)
+
+    async def switch_disks(self, uuid: str, disks: Sequence[DiskSpec]) -> None:
+        d = self._dom(uuid)
+        current = {x.device: x for x in d.spec.disks}
+        for disk in disks:
+            have = current.get(disk.device)
+            if have is None or have.is_cdrom or disk.is_cdrom:
+                raise DeviceError(f"no disk device {disk.device} to switch")
+            if disk.format != "qcow2" or disk.path is None:
+                raise DeviceError(f"disk {disk.device}: only a qcow2 overlay can take over a running disk")
+        new = {x.device: x.path for x in disks}
+        d.spec = replace(d.spec, disks=tuple(replace(x, path=new[x.device]) if x.device in new else x
+                                             for x in d.spec.disks))
+        for device in new:
+            d.disk_layers[device] = d.disk_layers.get(device, 0) + 1
+
+    async def resize_disk(self, uuid: str, device: int, size: int) -> None:
+        d = self._dom(uuid)
+        disk = next((x for x in d.spec.disks if x.device == device and not x.is_cdrom), None)
+        if disk is None:
+            raise DeviceError(f"no disk device {device}")
+        if size < d.disk_sizes.get(device, 0):
+            raise InvalidArgument(f"disk {device}: cannot shrink to {size} bytes")
+        d.disk_sizes[device] = size
 
     async def set_cdrom(self, uuid: str, device: int, path: str | None) -> None:
         d = self._dom(uuid)

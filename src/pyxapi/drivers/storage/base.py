@@ -150,8 +150,9 @@ class CloneResult:
 
     `source` is the refreshed source record (its utilisation drops to an empty overlay). When
     `source_repointed` is true the source's path now names a new overlay whose backing is the file a
-    running hypervisor still holds open: the caller must have paused I/O on it and must switch the
-    running disk to the new overlay (QMP blockdev-add + blockdev-snapshot) before resuming.
+    running hypervisor still holds open: until the caller switches the running disk to the new overlay
+    (QMP blockdev-add + blockdev-snapshot, ops/vm_snapshot_disks.py) the guest writes that base, which
+    the new VDI shares, so the switch is the snapshot's instant; if it fails the new VDI must go.
     """
 
     vdi: VDIInfo

@@ -69,6 +69,7 @@ from .filechain import (
     write_marker,
 )
 from .filegc import coalesce
+from .fileoverlay import OverlayMaker
 from .paths import check_file_name, check_uuid, device_config_dir, fs_space, inside
 from .transfer import local_file
 
@@ -126,6 +127,7 @@ class FileStorageDriver:
         self._attached_srs: set[str] = set()
         self._uses: dict[tuple[str, str], _Use] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._overlays = OverlayMaker()  # empty overlays without a qemu-img run each
 
     # ------------------------------------------------------------------------------------------ SRs
 
@@ -274,20 +276,22 @@ class FileStorageDriver:
 
     async def attach_vdi(self, sr: SRHandle, location: str, read_only: bool = False) -> AttachInfo:
         root = self._root(sr)
-        image, _ = await self._leaf(sr, root, location)
-        problem = await asyncio.to_thread(chain_problem, root, location)
-        if problem is not None:
-            raise UnsafePath(location, problem)
-        if not read_only and not image.writable:
-            raise VDIReadOnly(location)
-        use = self._uses.get((sr.uuid, location), _Use())
-        if use.writer or (not read_only and use.readers):
-            raise VDIInUse(location, "attach")
-        if read_only:
-            use.readers += 1
-        else:
-            use.writer = True
-        self._uses[(sr.uuid, location)] = use
+        # Under the SR lock: a coalesce merging this chain must finish before a hypervisor opens it.
+        async with self._lock(sr.uuid):
+            image, _ = await self._leaf(sr, root, location)
+            problem = await asyncio.to_thread(chain_problem, root, location)
+            if problem is not None:
+                raise UnsafePath(location, problem)
+            if not read_only and not image.writable:
+                raise VDIReadOnly(location)
+            use = self._uses.get((sr.uuid, location), _Use())
+            if use.writer or (not read_only and use.readers):
+                raise VDIInUse(location, "attach")
+            if read_only:
+                use.readers += 1
+            else:
+                use.writer = True
+            self._uses[(sr.uuid, location)] = use
         return AttachInfo(os.path.join(root, location), image.format, read_only)
 
     async def detach_vdi(self, sr: SRHandle, location: str) -> None:
@@ -305,8 +309,9 @@ class FileStorageDriver:
     async def coalesce(self, sr: SRHandle) -> list[str]:
         """Merge single-child bases into their child while nothing above them is attached (filegc.py)."""
         root = self._root(sr)
-        busy = {location for (sr_uuid, location) in self._uses if sr_uuid == sr.uuid}
         async with self._lock(sr.uuid):
+            # Read under the lock, which attach_vdi takes too: nothing becomes busy mid-merge.
+            busy = {location for (sr_uuid, location) in self._uses if sr_uuid == sr.uuid}
             try:
                 return await coalesce(root, busy)
             except qemuimg.QemuImgError as exc:
@@ -458,7 +463,9 @@ class FileStorageDriver:
                 tmp = self._tmp(root, "raw")
                 try:
                     await self._assert_space(root, image.allocated)
-                    await qemuimg.convert(src_path, "raw", tmp, "raw")
+                    # In use, the hypervisor holds the image's lock; the caller paused the guest's I/O.
+                    in_use = (sr.uuid, location) in self._uses
+                    await qemuimg.convert(src_path, "raw", tmp, "raw", force_share=in_use)
                     _publish(tmp, new_path)
                 except qemuimg.QemuImgError as exc:
                     raise self._failure(root, exc, error, image.allocated) from None
@@ -471,8 +478,8 @@ class FileStorageDriver:
             tmp_src = os.path.join(root, f"{BRANCH_PREFIX}{location}")
             tmp_new = os.path.join(root, f"{BRANCH_PREFIX}{new_name}")
             try:
-                await qemuimg.create(tmp_src, "qcow2", image.virtual_size, base, "qcow2")
-                await qemuimg.create(tmp_new, "qcow2", image.virtual_size, base, "qcow2")
+                await self._overlays.create(tmp_src, image.virtual_size, base, root)
+                await self._overlays.create(tmp_new, image.virtual_size, base, root)
                 os.chmod(tmp_src, os.stat(src_path).st_mode & 0o777)
                 os.rename(src_path, os.path.join(root, base))
                 os.rename(tmp_src, src_path)

@@ -118,8 +118,11 @@ async def convert(
     dst_fmt: str,
     progress: ProgressFn | None = None,
     target_exists: bool = False,
+    force_share: bool = False,
 ) -> None:
     args = ["convert", "-f", QEMU_FORMAT[src_fmt], "-O", QEMU_FORMAT[dst_fmt]]
+    if force_share:  # read an image a running hypervisor holds (its guest's I/O is paused)
+        args.append("-U")
     if progress is not None:
         args.append("-p")
     if target_exists:
