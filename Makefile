@@ -45,6 +45,7 @@ lint: deps
 
 bench: deps
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/storage.py
 
 clean:
 	rm -rf $(VENV) var

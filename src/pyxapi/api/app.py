@@ -10,7 +10,7 @@ import logging
 from aiohttp import web
 
 from pyxapi.api.dispatch import Dispatcher
-from pyxapi.api.handlers import console, xva_export, xva_import
+from pyxapi.api.handlers import console, vdi_transfer, xva_export, xva_import
 from pyxapi.model.errors import ApiError
 from pyxapi.wire import jsonrpc, xmlrpc
 from pyxapi.wire.xmlrpc import WireError
@@ -99,6 +99,7 @@ def make_app(dispatcher: Dispatcher, max_request_bytes: int) -> web.Application:
     rpc = RpcEndpoints(dispatcher)
     app.router.add_get("/", root_page)
     console.install(app, dispatcher.ctx)
+    vdi_transfer.install(app, dispatcher.ctx)
     xva_export.install(app, dispatcher.ctx)
     xva_import.install(app, dispatcher.ctx)
     app.router.add_route("OPTIONS", "/{tail:.*}", options)

@@ -157,6 +157,10 @@ def vdi_error(store: Store, vdi: str, op: str) -> ApiError | None:
     active = active_vbds(store, vdi)
     if active and op not in VDI_LIVE:
         return ApiError("VDI_IN_USE", vdi, op)
+    # An HTTP import writes the disk through a control-domain VBD (api/handlers/transfer_jobs.py):
+    # nothing branches or grows it until the new contents are in place.
+    if op in VDI_LIVE and any(b["mode"] == "RW" and _is_control_domain(store, b["VM"]) for _, b in active):
+        return ApiError("VDI_IN_USE", vdi, op)
     for vbd in rec["VBDs"]:
         vbd_rec = store.find("VBD", vbd)
         if vbd_rec is not None and vbd_rec["current_operations"]:
@@ -172,6 +176,11 @@ def vdi_error(store: Store, vdi: str, op: str) -> ApiError | None:
     if op in ("destroy", "resize", "resize_online", "clone", "snapshot") and not rec["managed"]:
         return ApiError("VDI_NOT_MANAGED", vdi)
     return None
+
+
+def _is_control_domain(store: Store, vm: str) -> bool:
+    rec = store.find("VM", vm)
+    return rec is not None and bool(rec["is_control_domain"])
 
 
 def refresh_vdi(store: Store, vdi: str) -> None:

@@ -12,20 +12,36 @@ from pathlib import Path
 from .base import DataSource, ImageFormat, ProgressFn, SRHandle, StorageDriver
 
 CHUNK = 1 << 20
+_ZEROS = bytes(CHUNK)
+
+
+def _all_zero(chunk: bytes) -> bool:
+    if len(chunk) <= CHUNK:
+        return chunk == _ZEROS[: len(chunk)]
+    return chunk.count(0) == len(chunk)
 
 
 async def spool(source: AsyncIterable[bytes], path: str) -> int:
-    """Write a stream to a new file (never an existing one); returns the byte count."""
+    """Write a stream to a new file (never an existing one); returns the byte count.
+
+    All-zero chunks are skipped over rather than written, so a mostly empty raw disk spools as a
+    sparse file (uploads re-cut into aligned blocks make the holes whole filesystem blocks)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     total = 0
     try:
         with os.fdopen(fd, "wb") as f:
             async for chunk in source:
-                if chunk:
+                if not chunk:
+                    continue
+                if _all_zero(chunk):
+                    f.seek(len(chunk), os.SEEK_CUR)
+                else:
                     # Disk writes can stall; keep them off the event loop.
                     await asyncio.to_thread(f.write, chunk)
-                    total += len(chunk)
-            await asyncio.to_thread(os.fsync, f.fileno())
+                total += len(chunk)
+            f.truncate(total)  # a trailing hole still counts towards the length
+            # No fsync: the spool is read back at once by qemu-img and removed; after a crash it is
+            # only a work file (its name says so), never a disk's contents.
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
