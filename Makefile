@@ -10,7 +10,7 @@ COMPLETION_DIR ?= $(HOME)/.local/share/bash-completion/completions
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench deps apt-deps guest-image xe clean
+.PHONY: run test lint bench deps apt-deps guest-image xe xen-host clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ guest-image:
 xe: deps
 	@install -D -m 644 src/pyxapi/cli/xe-completion.bash $(COMPLETION_DIR)/xe || echo "pyxapi: could not install xe's bash completion in $(COMPLETION_DIR)"
 	@$(BIN)/python -m compileall -q src/pyxapi/cli
+
+# A real Xen host managed by pyxapi ("XCP on Debian"), under QEMU: builds the image (cached under
+# var/cache/xen-host; a few minutes the first time), boots it, and forwards its XenAPI to
+# 127.0.0.1:$(XEN_PORT). Xen's and dom0's consoles stay on this terminal (Ctrl-A X quits QEMU).
+XEN_PORT ?= 9080
+xen-host: deps apt-deps
+	images/build-xen-host var/cache/xen-host
+	XEN_HOST_API_PORT=$(XEN_PORT) images/xen-host/boot var/cache/xen-host
 
 run: deps apt-deps guest-image xe
 	$(BIN)/pyxapi serve --host 127.0.0.1 --port $(PORT) --tls-port $(TLS_PORT) --data-dir $(DATA) --hypervisor $(HYPERVISOR)

@@ -545,7 +545,14 @@ def _other_qemus(mine: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 starts per side and a storm of 3 (under 90 s)")
-    s = QUICK if parser.parse_args().quick else FULL
+    parser.add_argument("--xen", type=int, metavar="RUNS", default=0,
+                        help="only the xen column: pyxapi vs `xl create` in the Xen test host (bench/xen_start.py)")
+    args = parser.parse_args()
+    if args.xen:
+        from bench.xen_start import run_xen
+
+        return run_xen(lambda text: print(text, flush=True), args.xen)
+    s = QUICK if args.quick else FULL
     signal.signal(signal.SIGTERM, _sigterm)
 
     def emit(text: str) -> None:

@@ -3,6 +3,7 @@
 # Only root can install; others are told what is missing.
 set -eu
 PKGS="qemu-system-x86 qemu-utils busybox-static openvswitch-switch iproute2 e2fsprogs nftables ovmf qemu-block-extra nfs-ganesha nfs-ganesha-vfs tgt libiscsi-bin genisoimage"
+PKGS="$PKGS debootstrap util-linux"  # the Xen test host image (images/build-xen-host)
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -47,7 +47,9 @@ def make_hypervisor(config: Config) -> HypervisorDriver:
     """The configured hypervisor driver; `auto` takes QEMU when it is installed."""
     name = config.hypervisor
     if name == "auto":
-        name = "qemu" if shutil.which("qemu-system-x86_64") else "sim"
+        from pyxapi.drivers.hypervisor.xen.host import is_xen_dom0
+
+        name = "xen" if is_xen_dom0() else "qemu" if shutil.which("qemu-system-x86_64") else "sim"
     if name == "sim":
         from pyxapi.drivers.hypervisor.sim import SimHypervisor
 
@@ -56,7 +58,11 @@ def make_hypervisor(config: Config) -> HypervisorDriver:
         from pyxapi.drivers.hypervisor.qemu import QemuDriver
 
         return QemuDriver(config.data_dir / "run" / "qemu", netns=config.netns)
-    raise SystemExit(f"pyxapi: unknown hypervisor driver {config.hypervisor!r} (sim, qemu, auto)")
+    if name == "xen":
+        from pyxapi.drivers.hypervisor.xen.driver import XenDriver
+
+        return XenDriver(config.data_dir / "run" / "xen")
+    raise SystemExit(f"pyxapi: unknown hypervisor driver {config.hypervisor!r} (sim, qemu, xen, auto)")
 
 
 def make_network(ctx: Context) -> NetworkRuntime:
@@ -83,7 +89,12 @@ def build(config: Config) -> tuple[Context, Dispatcher]:
     ctx.services["events"] = EventService(model, store, marshal, config.event_batch_delay)
     ctx.services["pool_secret"] = _pool_secret(config.data_dir)
     ctx.services["hypervisor"] = make_hypervisor(config)
-    bootstrap(ctx, read_host_facts())
+    facts = read_host_facts()
+    if ctx.services["hypervisor"].name == "xen":
+        from pyxapi.drivers.hypervisor.xen.wiring import xen_host_facts
+
+        facts = xen_host_facts(ctx.services["hypervisor"], facts, ctx.services)
+    bootstrap(ctx, facts)
     ctx.services["network"] = make_network(ctx)
     ctx.services["storage"] = StorageRuntime(ctx)
     sessions.host_ref = tasks.host_ref = ctx.host_ref
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--tls-port", type=int, default=8443, help="HTTPS port (0 disables)")
     s.add_argument("--data-dir", type=Path, default=Path("/var/lib/pyxapi") if os.geteuid() == 0 else Path("var"))
-    s.add_argument("--hypervisor", default="auto", help="qemu, sim, or auto (qemu when installed)")
+    s.add_argument("--hypervisor", default="auto", help="qemu, xen, sim, or auto (xen in dom0, else qemu)")
     s.add_argument("--network", default="auto", help="bridge, ovs, sim, or auto (bridge)")
     s.add_argument("--netns", help="network namespace for bridges, taps, DHCP and guests (must exist)")
     s.add_argument(

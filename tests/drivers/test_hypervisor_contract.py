@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -38,15 +39,18 @@ from pyxapi.drivers.hypervisor.base import (
     HypervisorDriver,
     InvalidArgument,
     InvalidDomainState,
+    LiveDiskDriver,
     NicSpec,
     NotSupported,
     StartError,
+    live_disk_driver,
 )
 from pyxapi.drivers.hypervisor.events import EventStream
 from pyxapi.drivers.hypervisor.qemu import QemuDriver, classify_exit
 from pyxapi.drivers.hypervisor.qemu_host import kill_domain
 from pyxapi.drivers.hypervisor.sim import SimHost, SimHypervisor
 from tests.drivers.conftest import HvGuestImage, hv_make_tap, hv_serial_run, hv_serial_send
+from tests.xenhost.harness import XenHarness, xen_contract_params
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
@@ -56,6 +60,7 @@ READY_TIMEOUT = 120.0  # TCG on two shared cores: a boot normally takes 3-10 s
 
 class Harness:
     kind = ""
+    reboot_keeps_domid = True  # Xen rebuilds a rebooted domain under a new domid
     driver: Any
     shared: DomainSpec | None = None  # the guest the ordered tests share
 
@@ -82,6 +87,14 @@ class Harness:
         raise NotImplementedError
 
     async def guest_ignore_acpi(self, uuid: str) -> None:
+        raise NotImplementedError
+
+    async def guest_fill_disk(self, uuid: str, byte: int) -> None:
+        """The guest writes `byte` over the first 512 bytes of its first virtio disk."""
+        raise NotImplementedError
+
+    async def guest_disk_size(self, uuid: str) -> int:
+        """The size in bytes the guest sees for its first virtio disk."""
         raise NotImplementedError
 
     async def guest_poweroff(self, uuid: str) -> None:
@@ -134,6 +147,17 @@ class SimHarness(Harness):
 
     async def guest_ignore_acpi(self, uuid: str) -> None:
         self.driver.set_guest_responsive(uuid, False)
+
+    async def guest_fill_disk(self, uuid: str, byte: int) -> None:
+        # The simulated guest writes to whatever image the domain has for the disk now.
+        disk = next(d for d in self.host.domains[uuid].spec.disks if not d.is_cdrom)
+        subprocess.run(["qemu-io", "-f", disk.format, "-c", f"write -P {byte} 0 512", str(disk.path)],
+                       check=True, capture_output=True)
+
+    async def guest_disk_size(self, uuid: str) -> int:
+        d = self.host.domains[uuid]
+        disk = next(x for x in d.spec.disks if not x.is_cdrom)
+        return d.disk_sizes.get(disk.device) or image_size(str(disk.path))
 
     async def guest_poweroff(self, uuid: str) -> None:
         self.driver.simulate_exit(uuid, ExitReason.POWEROFF, "guest-shutdown")
@@ -203,6 +227,13 @@ class QemuHarness(Harness):
     async def guest_ignore_acpi(self, uuid: str) -> None:
         await self._sh(uuid, "killall acpid")
 
+    async def guest_fill_disk(self, uuid: str, byte: int) -> None:
+        await self._sh(uuid, f"head -c 512 /dev/zero | tr '\\000' '\\{byte:03o}' | dd of=/dev/vda bs=512 count=1"
+                             " conv=fsync 2>/dev/null; sync")
+
+    async def guest_disk_size(self, uuid: str) -> int:
+        return int((await self._sh(uuid, "cat /sys/block/vda/size")).strip()) * 512
+
     async def guest_poweroff(self, uuid: str) -> None:
         await hv_serial_send((await self.driver.console(uuid)).serial_socket, "poweroff -f")
 
@@ -228,11 +259,13 @@ class QemuHarness(Harness):
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module",
-                        params=["sim", pytest.param("qemu", marks=pytest.mark.slow)])
+                        params=["sim", pytest.param("qemu", marks=pytest.mark.slow), *xen_contract_params()])
 async def hv(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    h: Harness
+    h: Any
     if request.param == "sim":
         h = SimHarness()
+    elif request.param == "xen":  # only inside the Xen test host's dom0 (tests/drivers/test_hypervisor_xen.py)
+        h = XenHarness(request.getfixturevalue("tmp_path_factory").mktemp("xen"))
     else:
         image = request.getfixturevalue("hv_guest_image")
         h = QemuHarness(image, request.getfixturevalue("hv_run_dir") / "main", request.getfixturevalue("hv_netns"))
@@ -389,6 +422,65 @@ async def test_disk_hotplug(hv: Harness, tmp_path: Path) -> None:
         await hv.driver.unplug_disk(uuid, 1)
 
 
+def image_size(path: str) -> int:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], check=True, capture_output=True, text=True)
+    return int(json.loads(out.stdout)["virtual-size"])
+
+
+def image_byte(path: str) -> int:
+    """The first byte of an image as readers of the file see it (its backing chain included)."""
+    out = subprocess.run(["qemu-io", "-r", "-U", "-f", "qcow2", "-c", "read -v 0 1", path],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.split(":", 1)[1].split()[0], 16)
+
+
+async def test_live_disk_switch_and_online_resize(hv: Harness, tmp_path: Path) -> None:
+    """What the file SR and ops do for a snapshot of a running disk: the image is renamed to a hidden
+    base, overlays on it take its name (the disk's) and the snapshot's; the domain switches over."""
+    uuid = shared(hv).uuid
+    caps = hv.driver.capabilities
+    if Capability.LIVE_DISK_SNAPSHOT not in caps or not isinstance(hv.driver, LiveDiskDriver):
+        with pytest.raises(NotSupported):
+            live_disk_driver(hv.driver, Capability.LIVE_DISK_SNAPSHOT)
+        return
+    image, base, snap = tmp_path / "disk.qcow2", tmp_path / "disk.base.qcow2", tmp_path / "snap.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(8 * MiB)], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 65 0 512", str(image)], check=True, capture_output=True)
+    disk = DiskSpec(1, str(image), "qcow2")
+    await hv.driver.plug_disk(uuid, disk)
+
+    async def sees(size: int) -> bool:
+        try:
+            return await hv.guest_disk_size(uuid) == size
+        except ValueError:  # no disk yet
+            return False
+    await wait_until(lambda: sees(8 * MiB), 30, "the guest to see the disk")
+    image.rename(base)
+    for overlay in (image, snap):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", base.name, "-F", "qcow2", str(overlay),
+                        str(8 * MiB)], check=True)
+    for wrong in (DiskSpec(3, str(image), "qcow2"), DiskSpec(5, str(image), "qcow2"), DiskSpec(1, str(image), "raw")):
+        with pytest.raises(DeviceError):
+            await hv.driver.switch_disks(uuid, [wrong])
+    await hv.driver.switch_disks(uuid, [disk])
+    await hv.guest_fill_disk(uuid, 0x42)
+    assert image_byte(str(image)) == 0x42  # the guest now writes its own overlay...
+    assert image_byte(str(snap)) == 0x41 and image_byte(str(base)) == 0x41  # ...and the snapshot stays
+    # growing it online: the guest sees the new size; shrinking is refused
+    await hv.driver.resize_disk(uuid, 1, 16 * MiB)
+    await wait_until(lambda: sees(16 * MiB), 30, "the guest to see the grown disk")
+    with pytest.raises(InvalidArgument):
+        await hv.driver.resize_disk(uuid, 1, 4 * MiB)
+    with pytest.raises(DeviceError):
+        await hv.driver.resize_disk(uuid, 6, 16 * MiB)
+    # unplugging removes every layer: the same slot takes a disk again
+    await hv.driver.unplug_disk(uuid, 1)
+    assert await hv.guest_sees_disk(uuid) is None
+    await hv.driver.plug_disk(uuid, DiskSpec(1, str(snap), "qcow2"))
+    await wait_until(lambda: sees(8 * MiB), 30, "the guest to see the snapshot plugged")
+    await hv.driver.unplug_disk(uuid, 1)
+
+
 async def test_cdrom_media(hv: Harness, tmp_path: Path) -> None:
     uuid = shared(hv).uuid
     iso = tmp_path / "media.iso"
@@ -425,7 +517,7 @@ async def test_reboot_in_place(hv: Harness, clean: bool) -> None:
     before = await hv.driver.info(uuid)
     await hv.guest_write(uuid, "/root/marker", "before-reboot")
     after = await hv.driver.reboot(uuid, clean=clean, timeout=60)
-    assert after.domid == before.domid and after.state is DomainState.RUNNING
+    assert (after.domid == before.domid or not hv.reboot_keeps_domid) and after.state is DomainState.RUNNING
     await hv.wait_ready(uuid)
     assert await hv.guest_read(uuid, "/root/marker") is None  # the guest really restarted
     assert events.pending() == []  # an in-place reboot is not an exit
@@ -464,6 +556,32 @@ async def test_resume_paused(hv: Harness, tmp_path: Path) -> None:
     await hv.driver.unpause(spec.uuid)
     await hv.wait_ready(spec.uuid)
     assert await hv.guest_read(spec.uuid, "/root/marker") == "survives-suspend"
+
+
+async def test_save_memory_keeps_the_domain_and_resumes_later(hv: Harness, tmp_path: Path) -> None:
+    """A checkpoint's memory: the domain is saved paused, continues, and the image resumes later
+    exactly as it was saved."""
+    spec = replace(shared(hv), vcpus_at_startup=2)
+    uuid = spec.uuid
+    if Capability.CHECKPOINT not in hv.driver.capabilities or not isinstance(hv.driver, LiveDiskDriver):
+        with pytest.raises(NotSupported):
+            live_disk_driver(hv.driver, Capability.CHECKPOINT)
+        return
+    events = hv.driver.subscribe()
+    await hv.guest_write(uuid, "/root/marker", "at-checkpoint")
+    image = tmp_path / "checkpoint.img"
+    await hv.driver.save_memory(uuid, str(image))
+    assert await hv.driver.state(uuid) is DomainState.PAUSED and image.stat().st_size > 0
+    assert events.pending() == []  # saving is no exit
+    await hv.driver.unpause(uuid)
+    assert await hv.driver.state(uuid) is DomainState.RUNNING
+    await hv.guest_write(uuid, "/root/marker", "after")
+    assert await hv.guest_read(uuid, "/root/marker") == "after"
+    await hv.driver.shutdown(uuid, clean=False)
+    await hv.driver.resume(spec, str(image))
+    await hv.wait_ready(uuid)
+    assert await hv.guest_read(uuid, "/root/marker") == "at-checkpoint"
+    events.close()
 
 
 async def test_adopt_after_daemon_restart_then_clean_shutdown(hv: Harness) -> None:

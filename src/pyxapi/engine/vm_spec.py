@@ -71,4 +71,6 @@ def domain_spec(
         disks=tuple(sorted(disk_specs, key=lambda d: d.device)),
         nics=tuple(sorted(nic_specs, key=lambda n: n.device)),
         platform={k: str(v) for k, v in rec["platform"].items()},
+        domain_type=str(rec.get("domain_type") or ""),
+        bootloader=str(rec.get("PV_bootloader") or ""),
     )

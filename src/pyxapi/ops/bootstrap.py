@@ -143,6 +143,7 @@ def _refresh_host(ctx: Context, host: str, facts: HostFacts) -> None:
             xapi_version=f"{ctx.model.api_version[0]}.{ctx.model.api_version[1]}",
             db_schema="pyxapi-1",
             network_backend=str(ctx.services.get("network_backend", "bridge")),
+            xen_version=ctx.services.get("xen_version"),
         ),
         "cpu_info": cpu_info(facts),
         "address": facts.address,
@@ -161,3 +162,18 @@ def _refresh_host(ctx: Context, host: str, facts: HostFacts) -> None:
             },
         )
     store.set_field("host", host, "other_config", {**record["other_config"], "boot_time": str(int(facts.boot_time))})
+    _refresh_control_domain(ctx, record["control_domain"])
+
+
+def _refresh_control_domain(ctx: Context, vm: str) -> None:
+    """dom0's real memory and vCPUs, where the hypervisor knows them (Xen: ctx.services["control_domain"])."""
+    dom0 = ctx.services.get("control_domain")
+    store = ctx.store
+    if dom0 is None or vm == NULL_REF or not store.exists("VM", vm):
+        return
+    memory, vcpus = dom0
+    memory_fields = ("memory_static_max", "memory_dynamic_max", "memory_dynamic_min", "memory_target")
+    store.update("VM", vm, {**dict.fromkeys(memory_fields, memory), "VCPUs_max": vcpus, "VCPUs_at_startup": vcpus})
+    metrics = store.get("VM", vm)["metrics"]
+    if metrics != NULL_REF and store.exists("VM_metrics", metrics):
+        store.update("VM_metrics", metrics, {"memory_actual": memory, "VCPUs_number": vcpus})

@@ -193,6 +193,10 @@ class DomainSpec:
     nics: tuple[NicSpec, ...] = ()
     platform: dict[str, str] = field(default_factory=dict)  # e.g. {"vga": "std"|"cirrus"|"none"}
     nvram: str | None = None  # UEFI variable store (a copy of the firmware template when missing)
+    # xapi's VM.domain_type ("pv", "pvh", "hvm"; "" = unspecified) and PV_bootloader: only the Xen
+    # driver distinguishes them; QEMU runs every guest as an HVM machine.
+    domain_type: str = ""
+    bootloader: str = ""
 
     def validate(self) -> None:
         if not 1 <= self.vcpus_at_startup <= self.vcpus_max:

@@ -1,0 +1,250 @@
+"""Live changes to a Xen domain: vCPUs, balloon, disk / CD / NIC hot-plug, and its statistics.
+
+NICs: the network driver prepares a tap per VIF, named and plugged into the VIF's bridge. Xen
+guests use netback vifs instead, so the vif takes over: the tap is removed and the vif is created
+under the tap's name on the same bridge (libxl's ``vifname``). Rules the network driver keyed on
+that name (locking, rate limits) therefore apply to the vif.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyxapi.drivers.hypervisor.base import (
+    DeviceError,
+    DiskSpec,
+    DiskStats,
+    DomainNotFound,
+    DomainStats,
+    InvalidArgument,
+    NicSpec,
+    NicStats,
+    check_disk,
+    check_nic,
+)
+from pyxapi.drivers.hypervisor.xen import domxml
+
+if TYPE_CHECKING:
+    from pyxapi.drivers.hypervisor.xen.domain import XenDomain
+    from pyxapi.drivers.hypervisor.xen.driver import XenDriver
+
+KiB = 1024
+
+
+def take_over_tap(nic: NicSpec, known_bridge: str | None) -> str:
+    """The bridge of the tap prepared for this NIC; the tap is deleted so the vif can take its name."""
+    dev = Path("/sys/class/net") / nic.tap
+    master = dev / "master"
+    if master.exists():
+        bridge = os.path.basename(os.readlink(master))
+        subprocess.run(["ip", "link", "del", nic.tap], capture_output=True, check=False)
+        return bridge
+    if dev.exists():
+        raise DeviceError(f"NIC {nic.device}: tap {nic.tap} is not plugged into a bridge")
+    if known_bridge:
+        return known_bridge  # taken over earlier (the domain is being rebuilt after a reboot)
+    raise DeviceError(f"NIC {nic.device}: no tap {nic.tap} (the network driver prepares it)")
+
+
+def check_backends(disks: tuple[DiskSpec, ...], device_model: str | None) -> None:
+    for disk in disks:
+        if disk.format == "qcow2" and disk.path is not None and device_model is None:
+            raise DeviceError(f"disk {disk.device}: qcow2 needs libxl's qdisk backend: install qemu-system-xen")
+
+
+def _update(d: XenDomain, **changes: Any) -> None:
+    d.spec = dataclasses.replace(d.spec, **changes)
+    d.save()
+
+
+async def _attach(drv: XenDriver, d: XenDomain, element: ET.Element, what: str) -> None:
+    xml = ET.tostring(element, encoding="unicode")
+    flags = drv.lv.VIR_DOMAIN_AFFECT_LIVE
+    try:
+        await drv.conn.domain_call(d.uuid, lambda dom: dom.attachDeviceFlags(xml, flags))
+    except drv.lv.libvirtError as e:
+        raise DeviceError(f"{what}: {e}") from None
+
+
+async def _detach(drv: XenDriver, d: XenDomain, element: ET.Element, what: str) -> None:
+    xml = ET.tostring(element, encoding="unicode")
+    flags = drv.lv.VIR_DOMAIN_AFFECT_LIVE
+    try:
+        await drv.conn.domain_call(d.uuid, lambda dom: dom.detachDeviceFlags(xml, flags))
+    except drv.lv.libvirtError as e:
+        raise DeviceError(f"{what}: {e}") from None
+
+
+async def set_vcpus(drv: XenDriver, d: XenDomain, count: int) -> None:
+    if not 1 <= count <= d.spec.vcpus_max:
+        raise InvalidArgument(f"vCPU count {count} not in 1..{d.spec.vcpus_max}")
+    flags = drv.lv.VIR_DOMAIN_AFFECT_LIVE
+    try:
+        await drv.conn.domain_call(d.uuid, lambda dom: dom.setVcpusFlags(count, flags))
+    except drv.lv.libvirtError as e:
+        raise DeviceError(f"set vCPUs to {count}: {e}") from None
+    _update(d, vcpus_at_startup=count)
+
+
+async def set_memory_target(drv: XenDriver, d: XenDomain, target: int) -> None:
+    if not 0 < target <= d.spec.memory_static_max:
+        raise InvalidArgument(f"memory target {target} not in 1..{d.spec.memory_static_max}")
+    flags = drv.lv.VIR_DOMAIN_AFFECT_LIVE
+    try:
+        await drv.conn.domain_call(d.uuid, lambda dom: dom.setMemoryFlags(target // KiB, flags))
+    except drv.lv.libvirtError as e:
+        raise DeviceError(f"set memory target: {e}") from None
+    _update(d, memory_target=target)
+
+
+def _kind(d: XenDomain) -> str:
+    return domxml.domain_type(d.spec)
+
+
+async def plug_disk(drv: XenDriver, d: XenDomain, disk: DiskSpec) -> None:
+    try:
+        check_disk(disk)
+    except InvalidArgument as e:
+        raise DeviceError(str(e)) from None
+    if any(x.device == disk.device for x in d.spec.disks):
+        raise DeviceError(f"disk device {disk.device} is in use")
+    check_backends((disk,), drv.device_model)
+    if disk.path is not None:
+        await _attach(drv, d, domxml.disk_xml(disk, _kind(d)), f"plug disk {disk.device}")
+    _update(d, disks=tuple(sorted((*d.spec.disks, disk), key=lambda x: x.device)))
+
+
+async def unplug_disk(drv: XenDriver, d: XenDomain, device: int) -> None:
+    disk = next((x for x in d.spec.disks if x.device == device), None)
+    if disk is None:
+        raise DeviceError(f"no disk at device {device}")
+    if disk.path is not None:
+        await _detach(drv, d, domxml.disk_xml(disk, _kind(d)), f"unplug disk {device}")
+        await _wait_device_gone(drv, d, domxml.disk_target(device))
+    _update(d, disks=tuple(x for x in d.spec.disks if x.device != device))
+
+
+async def _wait_device_gone(drv: XenDriver, d: XenDomain, target: str, timeout: float = 30.0) -> None:
+    """libxl returns once the backend closed; wait until the domain's XML no longer lists it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        xml = await drv.conn.domain_call(d.uuid, lambda dom: dom.XMLDesc(0))
+        if target not in domxml.live_devices(xml).disks:
+            return
+        if time.monotonic() > deadline:
+            raise DeviceError(f"{target} still attached after {timeout:g}s")
+        await asyncio.sleep(0.2)
+
+
+async def set_cdrom(drv: XenDriver, d: XenDomain, device: int, path: str | None) -> None:
+    drive = next((x for x in d.spec.disks if x.device == device), None)
+    if drive is None or not drive.is_cdrom:
+        raise DeviceError(f"no CD-ROM drive at device {device}")
+    kind = _kind(d)
+    if kind == "hvm" and drive.path is not None and path is not None:
+        new = dataclasses.replace(drive, path=path, format="raw")
+        xml = ET.tostring(domxml.disk_xml(new, kind), encoding="unicode")
+        flags = drv.lv.VIR_DOMAIN_AFFECT_LIVE
+        try:
+            await drv.conn.domain_call(d.uuid, lambda dom: dom.updateDeviceFlags(xml, flags))
+        except drv.lv.libvirtError as e:
+            raise DeviceError(f"change CD-ROM {device}: {e}") from None
+    else:
+        # PV guests have no removable-media protocol: media is a read-only disk, so a change is
+        # an unplug of the old media and a plug of the new one.
+        if drive.path is not None:
+            await _detach(drv, d, domxml.disk_xml(drive, kind), f"eject CD-ROM {device}")
+            await _wait_device_gone(drv, d, domxml.disk_target(device))
+        if path is not None:
+            new = dataclasses.replace(drive, path=path, format="raw")
+            await _attach(drv, d, domxml.disk_xml(new, kind), f"insert into CD-ROM {device}")
+    disks = tuple(dataclasses.replace(x, path=path) if x.device == device else x for x in d.spec.disks)
+    _update(d, disks=disks)
+
+
+async def plug_nic(drv: XenDriver, d: XenDomain, nic: NicSpec) -> None:
+    try:
+        check_nic(nic)
+    except InvalidArgument as e:
+        raise DeviceError(str(e)) from None
+    if any(n.device == nic.device for n in d.spec.nics):
+        raise DeviceError(f"NIC device {nic.device} is in use")
+    bridge = take_over_tap(nic, None)
+    await _attach(drv, d, domxml.nic_xml(nic, bridge, _kind(d)), f"plug NIC {nic.device}")
+    d.bridges[nic.device] = bridge
+    _update(d, nics=tuple(sorted((*d.spec.nics, nic), key=lambda n: n.device)))
+
+
+async def unplug_nic(drv: XenDriver, d: XenDomain, device: int) -> None:
+    nic = next((n for n in d.spec.nics if n.device == device), None)
+    if nic is None:
+        raise DeviceError(f"no NIC at device {device}")
+    bridge = d.bridges.get(device, "")
+    await _detach(drv, d, domxml.nic_xml(nic, bridge, _kind(d)), f"unplug NIC {device}")
+    d.bridges.pop(device, None)
+    _update(d, nics=tuple(n for n in d.spec.nics if n.device != device))
+
+
+async def vcpu_times(domid: int) -> tuple[int, ...]:
+    """CPU time of each online vCPU, from `xl vcpu-list` (libvirt's libxl driver cannot report it:
+    virDomainGetVcpus needs virNodeGetCPUMap, which it lacks)."""
+    proc = await asyncio.create_subprocess_exec(
+        "xl", "vcpu-list", str(domid), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    out, _ = await proc.communicate()
+    times = []
+    for line in out.decode(errors="replace").splitlines()[1:]:
+        cols = line.split()
+        # Name ID VCPU CPU State Time(s) ...; an offline vCPU has no CPU ("-") and state "--p".
+        if len(cols) >= 6 and cols[1] == str(domid) and cols[3] != "-":
+            times.append(int(float(cols[5]) * 1e9))
+    return tuple(times)
+
+
+async def stats(drv: XenDriver, d: XenDomain) -> DomainStats:
+    lv = drv.lv
+    disks = [x for x in d.spec.disks if x.path is not None]
+    nics = list(d.spec.nics)
+
+    vcpu_ns = await vcpu_times(d.domid)
+
+    def sample(dom: Any) -> DomainStats:
+        _state, _max_kib, mem_kib, _nr, cpu_ns = dom.info()
+        disk_stats = {}
+        for disk in disks:
+            try:
+                rd_req, rd_bytes, wr_req, wr_bytes, _errs = dom.blockStats(domxml.disk_target(disk.device))
+            except lv.libvirtError:
+                continue
+            disk_stats[disk.device] = DiskStats(max(rd_bytes, 0), max(wr_bytes, 0), max(rd_req, 0), max(wr_req, 0))
+        nic_stats = {}
+        for nic in nics:
+            try:
+                s = dom.interfaceStats(nic.tap)
+            except lv.libvirtError:
+                continue
+            nic_stats[nic.device] = NicStats(s[0], s[4], s[1], s[5])  # libvirt: already as the guest sees it
+        return DomainStats(
+            d.uuid,
+            time.time(),
+            int(cpu_ns),
+            vcpu_ns,
+            int(mem_kib) * KiB,
+            d.spec.memory_target,
+            disk_stats,
+            nic_stats,
+        )
+
+    try:
+        return await drv.conn.domain_call(d.uuid, sample)
+    except lv.libvirtError as e:
+        if drv.conn.is_no_domain(e):
+            raise DomainNotFound(d.uuid) from None
+        raise
