@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import subprocess
 import time
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from pyxapi.drivers.hypervisor.xen.driver import XenDriver
 
 KiB = 1024
+log = logging.getLogger(__name__)
 
 
 def take_over_tap(nic: NicSpec, known_bridge: str | None) -> str:
@@ -64,13 +66,23 @@ def _update(d: XenDomain, **changes: Any) -> None:
     d.save()
 
 
+ATTACH_TRIES = 2  # libxl gives a new backend 10 s to come up: short for nested TCG under load
+
+
 async def _attach(drv: XenDriver, d: XenDomain, element: ET.Element, what: str) -> None:
     xml = ET.tostring(element, encoding="unicode")
     flags = drv.lv.VIR_DOMAIN_AFFECT_LIVE
-    try:
-        await drv.conn.domain_call(d.uuid, lambda dom: dom.attachDeviceFlags(xml, flags))
-    except drv.lv.libvirtError as e:
-        raise DeviceError(f"{what}: {e}") from None
+    for attempt in range(1, ATTACH_TRIES + 1):
+        try:
+            await drv.conn.domain_call(d.uuid, lambda dom: dom.attachDeviceFlags(xml, flags))
+            return
+        except drv.lv.libvirtError as e:
+            # A refused device (slot in use, bad path) fails the same way again; a backend that
+            # was merely slow (libxl undid the half-attached device) gets one more try.
+            if attempt == ATTACH_TRIES or "failed to attach" not in str(e):
+                raise DeviceError(f"{what}: {e}") from None
+            log.warning("%s: %s; trying once more", what, e)
+            await asyncio.sleep(2.0)
 
 
 async def _detach(drv: XenDriver, d: XenDomain, element: ET.Element, what: str) -> None:
