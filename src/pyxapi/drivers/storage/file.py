@@ -15,7 +15,6 @@ import logging
 import os
 import uuid as uuidlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import qemuimg
@@ -72,17 +71,12 @@ from .filegc import coalesce
 from .fileoverlay import OverlayMaker
 from .paths import check_file_name, check_uuid, device_config_dir, fs_space, inside
 from .transfer import local_file
+from .usage import DiskUses
 
 log = logging.getLogger(__name__)
 
 MAX_VIRTUAL_SIZE = 64 * 1024**4
 """A generous cap (qcow2 itself goes far beyond): refuses typos like a size given in KiB as bytes*1024."""
-
-
-@dataclass(slots=True)
-class _Use:
-    readers: int = 0
-    writer: bool = False
 
 
 class FileStorageDriver:
@@ -125,7 +119,7 @@ class FileStorageDriver:
     def __init__(self, default_format: VdiFormat = "qcow2") -> None:
         self.default_format: VdiFormat = default_format
         self._attached_srs: set[str] = set()
-        self._uses: dict[tuple[str, str], _Use] = {}
+        self._uses = DiskUses()
         self._locks: dict[str, asyncio.Lock] = {}
         self._overlays = OverlayMaker()  # empty overlays without a qemu-img run each
 
@@ -173,7 +167,7 @@ class FileStorageDriver:
         return await self._stat(real)
 
     async def detach_sr(self, sr: SRHandle) -> None:
-        if any(key[0] == sr.uuid for key in self._uses):
+        if self._uses.any_in(sr.uuid):
             raise SRInUse("VDIs of this SR are still attached")
         self._attached_srs.discard(sr.uuid)
 
@@ -185,7 +179,7 @@ class FileStorageDriver:
             marker = await asyncio.to_thread(read_marker, root)
             if marker and marker.get("uuid") != sr.uuid:
                 raise BackendFailure(SMError.FILE_SR_DELETE, f"{root} belongs to SR {marker.get('uuid')}")
-            if any(key[0] == sr.uuid for key in self._uses):
+            if self._uses.any_in(sr.uuid):
                 raise SRInUse("VDIs of this SR are still attached")
             images = await asyncio.to_thread(list_images, root)
             if visible(images):
@@ -261,7 +255,7 @@ class FileStorageDriver:
                 raise VDITooSmall(location, image.virtual_size)
             if not image.writable:
                 raise VDIReadOnly(location)
-            in_use = (sr.uuid, location) in self._uses
+            in_use = self._uses.in_use(sr.uuid, location)
             if in_use and not online:
                 raise VDIInUse(location, "resize")
             if in_use:
@@ -284,34 +278,18 @@ class FileStorageDriver:
                 raise UnsafePath(location, problem)
             if not read_only and not image.writable:
                 raise VDIReadOnly(location)
-            use = self._uses.get((sr.uuid, location), _Use())
-            if use.writer or (not read_only and use.readers):
-                raise VDIInUse(location, "attach")
-            if read_only:
-                use.readers += 1
-            else:
-                use.writer = True
-            self._uses[(sr.uuid, location)] = use
+            self._uses.claim(sr.uuid, location, read_only)
         return AttachInfo(os.path.join(root, location), image.format, read_only)
 
     async def detach_vdi(self, sr: SRHandle, location: str) -> None:
-        key = (sr.uuid, location)
-        use = self._uses.get(key)
-        if use is None:
-            return  # detaching twice is harmless, as in xapi
-        if use.writer:
-            use.writer = False
-        elif use.readers:
-            use.readers -= 1
-        if not use.writer and not use.readers:
-            del self._uses[key]
+        self._uses.release(sr.uuid, location)
 
     async def coalesce(self, sr: SRHandle) -> list[str]:
         """Merge single-child bases into their child while nothing above them is attached (filegc.py)."""
         root = self._root(sr)
         async with self._lock(sr.uuid):
             # Read under the lock, which attach_vdi takes too: nothing becomes busy mid-merge.
-            busy = {location for (sr_uuid, location) in self._uses if sr_uuid == sr.uuid}
+            busy = self._uses.busy(sr.uuid)
             try:
                 return await coalesce(root, busy)
             except qemuimg.QemuImgError as exc:
@@ -401,7 +379,7 @@ class FileStorageDriver:
         root = self._root(sr)
         fmt = check_image_format(format)
         image, _ = await self._leaf(sr, root, location)
-        if (use := self._uses.get((sr.uuid, location))) and use.writer:
+        if self._uses.written(sr.uuid, location):
             raise VDIInUse(location, "export")  # a disk being written cannot be read consistently
         if fmt == "vhd" and image.virtual_size > qemuimg.VHD_MAX_SIZE:
             raise VDITooLarge(location, qemuimg.VHD_MAX_SIZE)
@@ -464,7 +442,7 @@ class FileStorageDriver:
                 try:
                     await self._assert_space(root, image.allocated)
                     # In use, the hypervisor holds the image's lock; the caller paused the guest's I/O.
-                    in_use = (sr.uuid, location) in self._uses
+                    in_use = self._uses.in_use(sr.uuid, location)
                     await qemuimg.convert(src_path, "raw", tmp, "raw", force_share=in_use)
                     _publish(tmp, new_path)
                 except qemuimg.QemuImgError as exc:
@@ -517,7 +495,7 @@ class FileStorageDriver:
         return fmt  # type: ignore[return-value]
 
     def _assert_unused(self, sr: SRHandle, location: str, operation: str) -> None:
-        if (sr.uuid, location) in self._uses:
+        if self._uses.in_use(sr.uuid, location):
             raise VDIInUse(location, operation)
 
     async def _assert_space(self, root: str, needed: int) -> None:

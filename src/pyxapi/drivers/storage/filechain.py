@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .base import VdiFormat, VDIInfo
@@ -117,7 +117,13 @@ def visible(images: dict[str, Image]) -> list[Image]:
 
 
 def chain_problem(root: str, name: str) -> str | None:
-    """Why the backing chain under name is unsafe to hand to qemu, or None if it is fine.
+    """Why the backing chain under name in the directory root is unsafe (chain_problem_of), or None."""
+    return chain_problem_of(lambda current: load(root, current), name)
+
+
+def chain_problem_of(load_image: Callable[[str], Image | None], name: str) -> str | None:
+    """Why the backing chain under name is unsafe to hand to qemu, or None if it is fine; `load_image`
+    reads one image of the SR by name (None: missing or not an image).
 
     Each backing file must be a plain name of an existing regular image in this directory with an
     explicit format, and no image may use an external data file: otherwise the guest could read host
@@ -129,7 +135,7 @@ def chain_problem(root: str, name: str) -> str | None:
         if current in seen or len(seen) > MAX_CHAIN:
             return "backing chain loops or is too long"
         seen.add(current)
-        image = load(root, current)
+        image = load_image(current) if SAFE_NAME.match(current) else None
         if image is None:
             if "/" in current or not SAFE_NAME.match(current):
                 return f"backing file {current!r} is outside the SR"

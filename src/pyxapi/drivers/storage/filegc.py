@@ -37,6 +37,22 @@ def subtree(children: dict[str, list[str]], name: str) -> set[str]:
     return found
 
 
+def next_merge(images: dict[str, Image], busy: set[str]) -> tuple[str, str] | None:
+    """A (base, only child) pair that may merge: nothing in busy is open above the base."""
+    children = children_of(images)
+    return next(
+        (
+            (base, kids[0])
+            for base, kids in children.items()
+            if base.endswith(BASE_SUFFIX)
+            and base in images
+            and len(kids) == 1
+            and not (subtree(children, kids[0]) & busy)
+        ),
+        None,
+    )
+
+
 async def coalesce(root: str, busy: set[str]) -> list[str]:
     """Merge every base that has exactly one child whose subtree holds no name in busy.
 
@@ -45,18 +61,7 @@ async def coalesce(root: str, busy: set[str]) -> list[str]:
     merged: list[str] = []
     while True:
         images = await asyncio.to_thread(list_images, root)
-        children = children_of(images)
-        candidate = next(
-            (
-                (base, kids[0])
-                for base, kids in children.items()
-                if base.endswith(BASE_SUFFIX)
-                and base in images
-                and len(kids) == 1
-                and not (subtree(children, kids[0]) & busy)
-            ),
-            None,
-        )
+        candidate = next_merge(images, busy)
         if candidate is None:
             return merged
         base, child = candidate

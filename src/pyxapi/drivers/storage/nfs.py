@@ -18,7 +18,6 @@ import errno
 import tempfile
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -56,16 +55,11 @@ from .filechain import BASE_SUFFIX, BRANCH_PREFIX, SUFFIXES, TMP_PREFIX, Image, 
 from .libnfs import LibnfsMissing, NfsClient, NfsError, exports
 from .nfs_config import FailureWithOutput, NfsConfig, check_server, exports_xml, parse, parse_server
 from .paths import check_file_name, check_uuid
+from .usage import DiskUses
 
 T = TypeVar("T")
 MAX_VIRTUAL_SIZE = 64 * 1024**4
 """As the file SR: a cap that catches sizes given in the wrong unit."""
-
-
-@dataclass(slots=True)
-class _Use:
-    readers: int = 0
-    writer: bool = False
 
 
 class NfsStorageDriver:
@@ -113,7 +107,7 @@ class NfsStorageDriver:
         self.default_format: VdiFormat = default_format
         self.work_dir = work_dir or tempfile.gettempdir()  # uploads are spooled here before conversion
         self._attached_srs: set[str] = set()
-        self._uses: dict[tuple[str, str], _Use] = {}
+        self._uses = DiskUses()
         self._locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------------------------- plumbing
@@ -210,7 +204,7 @@ class NfsStorageDriver:
         return await self._stat(cfg, sr.uuid)
 
     async def detach_sr(self, sr: SRHandle) -> None:
-        if any(key[0] == sr.uuid for key in self._uses):
+        if self._uses.any_in(sr.uuid):
             raise SRInUse("VDIs of this SR are still attached")
         self._attached_srs.discard(sr.uuid)
 
@@ -230,7 +224,7 @@ class NfsStorageDriver:
             chain.remove_sr_files(d, images)
 
         async with self._lock(sr.uuid):
-            if any(key[0] == sr.uuid for key in self._uses):
+            if self._uses.any_in(sr.uuid):
                 raise SRInUse("VDIs of this SR are still attached")
             await self._io(cfg, sr.uuid, destroy)
         self._attached_srs.discard(sr.uuid)
@@ -324,7 +318,7 @@ class NfsStorageDriver:
                 raise VDITooSmall(location, image.virtual_size)
             if not image.writable:
                 raise VDIReadOnly(location)
-            in_use = (sr.uuid, location) in self._uses
+            in_use = self._uses.in_use(sr.uuid, location)
             if in_use and not online:
                 raise VDIInUse(location, "resize")
             if in_use:
@@ -347,32 +341,16 @@ class NfsStorageDriver:
             raise UnsafePath(location, problem)
         if not read_only and not image.writable:
             raise VDIReadOnly(location)
-        use = self._uses.get((sr.uuid, location), _Use())
-        if use.writer or (not read_only and use.readers):
-            raise VDIInUse(location, "attach")
-        if read_only:
-            use.readers += 1
-        else:
-            use.writer = True
-        self._uses[(sr.uuid, location)] = use
+        self._uses.claim(sr.uuid, location, read_only)
         return AttachInfo(f"{cfg.sr_url(sr.uuid)}/{location}", image.format, read_only)
 
     async def detach_vdi(self, sr: SRHandle, location: str) -> None:
-        key = (sr.uuid, location)
-        use = self._uses.get(key)
-        if use is None:
-            return
-        if use.writer:
-            use.writer = False
-        elif use.readers:
-            use.readers -= 1
-        if not use.writer and not use.readers:
-            del self._uses[key]
+        self._uses.release(sr.uuid, location)
 
     async def coalesce(self, sr: SRHandle) -> list[str]:
         """Merge single-child bases while nothing above them is attached (nfs_data.merge_chains)."""
         cfg = self._cfg(sr)
-        busy = {location for (sr_uuid, location) in self._uses if sr_uuid == sr.uuid}
+        busy = self._uses.busy(sr.uuid)
         async with self._lock(sr.uuid):
             try:
                 return await nfs_data.merge_chains(self, cfg, sr.uuid, busy)
@@ -460,7 +438,7 @@ class NfsStorageDriver:
         return fmt  # type: ignore[return-value]
 
     def _assert_unused(self, sr: SRHandle, location: str, operation: str) -> None:
-        if (sr.uuid, location) in self._uses:
+        if self._uses.in_use(sr.uuid, location):
             raise VDIInUse(location, operation)
 
     async def _fresh_name(self, cfg: NfsConfig, sr_uuid: str, name: str) -> None:

@@ -16,7 +16,16 @@ import json
 import struct
 from dataclasses import dataclass
 
-from .filechain import BASE_SUFFIX, BRANCH_PREFIX, MARKER, MAX_CHAIN, TMP_PREFIX, Image, format_of, referenced
+from .filechain import (
+    BASE_SUFFIX,
+    BRANCH_PREFIX,
+    MARKER,
+    TMP_PREFIX,
+    Image,
+    chain_problem_of,
+    format_of,
+    referenced,
+)
 from .libnfs import NfsClient
 from .paths import SAFE_NAME
 
@@ -125,28 +134,8 @@ def list_images(sr: SrDir) -> dict[str, Image]:
 
 
 def chain_problem(sr: SrDir, name: str) -> str | None:
-    """Why the chain under name is unsafe to hand to QEMU (see filechain.chain_problem), or None."""
-    seen: set[str] = set()
-    current: str | None = name
-    while current is not None:
-        if current in seen or len(seen) > MAX_CHAIN:
-            return "backing chain loops or is too long"
-        seen.add(current)
-        image = load(sr, current) if SAFE_NAME.match(current) else None
-        if image is None:
-            if "/" in current or not SAFE_NAME.match(current):
-                return f"backing file {current!r} is outside the SR"
-            return f"image {current!r} is missing or not a regular image file"
-        if image.data_file:
-            return f"{current} uses an external data file"
-        if image.backing is None:
-            return None
-        if "/" in image.backing or not SAFE_NAME.match(image.backing) or format_of(image.backing) is None:
-            return f"backing file {image.backing!r} of {current} is outside the SR"
-        if image.backing_format not in ("qcow2", "raw") or image.backing_format != format_of(image.backing):
-            return f"backing file of {current} has no explicit, matching format"
-        current = image.backing
-    return None
+    """Why the chain under name is unsafe to hand to QEMU (see filechain.chain_problem_of), or None."""
+    return chain_problem_of(lambda current: load(sr, current), name)
 
 
 def collect_bases(sr: SrDir, start: str | None) -> list[str]:

@@ -37,8 +37,8 @@ from .base import (
     check_image_format,
     check_size,
 )
-from .filechain import BASE_SUFFIX, SUFFIXES, TMP_PREFIX, Image
-from .filegc import children_of, subtree
+from .filechain import SUFFIXES, TMP_PREFIX, Image
+from .filegc import next_merge
 from .nfs_config import NfsConfig
 from .paths import check_file_name, check_uuid
 from .transfer import local_file
@@ -134,7 +134,7 @@ async def export_data(
     cfg = drv._cfg(sr)
     fmt = check_image_format(format)
     image, _ = await drv._leaf(sr, cfg, location)
-    if (use := drv._uses.get((sr.uuid, location))) and use.writer:
+    if drv._uses.written(sr.uuid, location):
         raise VDIInUse(location, "export")
     if fmt == "vhd" and image.virtual_size > qemuimg.VHD_MAX_SIZE:
         raise VDITooLarge(location, qemuimg.VHD_MAX_SIZE)
@@ -185,18 +185,7 @@ async def merge_chains(drv: NfsStorageDriver, cfg: NfsConfig, sr_uuid: str, busy
     merged: list[str] = []
     while True:
         images = await drv._io(cfg, sr_uuid, chain.list_images)
-        children = children_of(images)
-        candidate = next(
-            (
-                (base, kids[0])
-                for base, kids in children.items()
-                if base.endswith(BASE_SUFFIX)
-                and base in images
-                and len(kids) == 1
-                and not (subtree(children, kids[0]) & busy)
-            ),
-            None,
-        )
+        candidate = next_merge(images, busy)
         if candidate is None:
             return merged
         base, child = images[candidate[0]], images[candidate[1]]
