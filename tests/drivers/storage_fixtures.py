@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -197,3 +198,12 @@ async def make_harness(request: pytest.FixtureRequest, kind: str, tmp_path: Path
     finally:
         if kind == "iscsi":
             portal.remove_target(iqn)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def qemu_utils() -> None:
+    missing = [tool for tool in ("qemu-img", "qemu-io") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not found: install Debian package qemu-utils (scripts/install-debian-deps.sh)"
+        )
