@@ -2,7 +2,9 @@
 
 * Every domain exit the driver reports that no client asked for (guest poweroff or reboot,
   crash, the emulator killed) is handled within the driver's notice time by applying
-  actions_after_shutdown / actions_after_reboot / actions_after_crash.
+  actions_after_shutdown / actions_after_reboot / actions_after_crash; during an operation that
+  changes the power state itself (engine.vm_exits) only once that operation is over, and only if
+  the domain is still gone then.
 * On start, running domains are re-adopted and the DB is reconciled with them.
 * While a VM runs, its guest agent is polled into VM_guest_metrics.
 """
@@ -15,6 +17,7 @@ import logging
 
 from pyxapi.context import Context
 from pyxapi.drivers.hypervisor import base as hv
+from pyxapi.engine.vm_exits import settled_by_operation
 from pyxapi.model.errors import ApiError
 from pyxapi.ops import vm_state
 from pyxapi.ops.vm import boot, release_devices
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 
 RESTART_ACTIONS = frozenset({"restart", "coredump_and_restart", "rename_restart"})
 GUEST_POLL_SECONDS = 2.0
+DEFERRED_POLL_SECONDS = 0.2  # how often a deferred exit looks whether the operation is over
+LIVE_STATES = ("Running", "Paused")
 
 
 class VMMonitor:
@@ -30,6 +35,7 @@ class VMMonitor:
         self.ctx = ctx
         self.driver = driver
         self._tasks: list[asyncio.Task[None]] = []
+        self._deferred: set[asyncio.Task[None]] = set()
 
     def _vm_by_uuid(self, uuid: str) -> str | None:
         try:
@@ -45,9 +51,10 @@ class VMMonitor:
         self._tasks.append(asyncio.create_task(self._poll_guests(), name="guest-metrics"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._deferred]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -80,9 +87,52 @@ class VMMonitor:
         vm = self._vm_by_uuid(event.uuid)
         if vm is None:
             return
+        if self._operation_settles(vm):
+            task = asyncio.create_task(self._after_operations(vm, event), name=f"vm-exit-{event.uuid}")
+            self._deferred.add(task)
+            task.add_done_callback(self._deferred.discard)
+            return
+        await self._apply_actions(vm, event)
+
+    async def _after_operations(self, vm: str, event: hv.DomainEvent) -> None:
+        """The exit came while an operation that records the power state itself ran: once none
+        is left, apply the actions if the record still claims a domain the driver no longer has."""
+        try:
+            while True:
+                await asyncio.sleep(DEFERRED_POLL_SECONDS)
+                if not self._claims_a_domain(vm):
+                    return  # the operation settled it (halted, suspended, or the VM is gone)
+                if self._operation_settles(vm):
+                    continue
+                if await self._domain_exists(event.uuid):
+                    return  # the operation started a new domain (a reboot, a resume)
+                # Another operation may have started while the driver answered: if so, wait for it.
+                if self._claims_a_domain(vm) and not self._operation_settles(vm):
+                    break
+            await self._apply_actions(vm, event)
+        except Exception:
+            log.exception("handling the deferred exit of domain %s failed", event.uuid)
+
+    def _operation_settles(self, vm: str) -> bool:
+        rec = self.ctx.store.find("VM", vm)
+        return rec is not None and settled_by_operation(rec["current_operations"].values())
+
+    def _claims_a_domain(self, vm: str) -> bool:
+        rec = self.ctx.store.find("VM", vm)
+        return rec is not None and rec["power_state"] in LIVE_STATES and rec["resident_on"] == self.ctx.host_ref
+
+    async def _domain_exists(self, uuid: str) -> bool:
+        try:
+            await self.driver.state(uuid)
+        except hv.DomainNotFound:
+            return False
+        except hv.HypervisorError as e:
+            log.warning("domain %s: cannot tell whether it still runs (%s); leaving it alone", uuid, e)
+            return True
+        return True
+
+    async def _apply_actions(self, vm: str, event: hv.DomainEvent) -> None:
         rec = self.ctx.store.get("VM", vm)
-        if rec["current_operations"]:
-            return  # an operation in flight owns the VM's state
         match event.reason:
             case hv.ExitReason.POWEROFF:
                 action = rec["actions_after_shutdown"]
