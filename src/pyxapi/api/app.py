@@ -11,6 +11,7 @@ from aiohttp import web
 
 from pyxapi.api.dispatch import Dispatcher
 from pyxapi.api.handlers import console, vdi_transfer, xva_export, xva_import
+from pyxapi.api.local_peer import is_local_superuser
 from pyxapi.model.errors import ApiError
 from pyxapi.wire import jsonrpc, xmlrpc
 from pyxapi.wire.xmlrpc import WireError
@@ -65,9 +66,8 @@ class RpcEndpoints:
 
 
 def _is_local(request: web.Request) -> bool:
-    """Requests over the Unix socket (mode 0600, root's) are trusted as xapi trusts its own."""
-    transport = request.transport
-    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
+    """Root (or the daemon's own user) over the Unix socket is trusted as xapi trusts its own."""
+    return is_local_superuser(request)
 
 
 def _bad_request(reason: str) -> web.Response:

@@ -58,7 +58,7 @@ class Call:
     session: SessionInfo | None
     task_ref: str | None
     fmt: Format
-    local: bool = False  # arrived over the root-only Unix socket
+    local: bool = False  # from root (or the daemon's user) over the Unix socket: api/local_peer.py
 
     @property
     def session_ref(self) -> str:
