@@ -310,11 +310,36 @@ async def throughput(api: Api, sr: str, sr_dir: Path, work: Path, s: Settings) -
                         raise BenchError(f"{rec['name_label']} ({fmt}) failed: {rec['error_info']}")
         rows.append(imports.row(f"import {fmt}", size))
         rows.append(exports.row(f"export {fmt}", size))
+        if fmt == "qcow2":  # the VDI now holds the image: copy it whole within the SR
+            rows.append((await copies(api, vdi, sr, sr_dir, work, s)).row("VDI.copy", size))
         await api("VDI.destroy", vdi)
         if fmt != "raw":
             drop(source)
     drop(raw)
     return rows
+
+
+async def copies(api: Api, vdi: str, sr: str, sr_dir: Path, work: Path, s: Settings) -> Pair:
+    """VDI.copy into the same SR (a full, flattened qcow2 copy) against `qemu-img convert` of the VDI's
+    file to a new qcow2, ABAB; "done" is the call's return, "durable" adds an fsync of the new file."""
+    pair = Pair([], [])
+    source = sr_dir / await api("VDI.get_location", vdi)
+    for round_no in range(s.rounds):
+        order = ("pyxapi", "qemu") if round_no % 2 == 0 else ("qemu", "pyxapi")
+        for side in order:
+            if side == "qemu":
+                target = work / "copy.qcow2"
+                pair.qemu.append(await asyncio.to_thread(measure, baseline, source, "qcow2", target, "qcow2"))
+                target.unlink()
+                continue
+            await asyncio.to_thread(os.sync)
+            t = time.perf_counter()
+            copy = await api("VDI.copy", vdi, sr)
+            done = time.perf_counter() - t
+            await asyncio.to_thread(fsync_file, sr_dir / await api("VDI.get_location", copy))
+            pair.pyxapi.append(Timing(done, time.perf_counter() - t))
+            await api("VDI.destroy", copy)
+    return pair
 
 
 # ---- 3. hot-plug ------------------------------------------------------------------------------------
@@ -447,6 +472,7 @@ async def run(daemon: Daemon, work: Path, s: Settings, emit: Callable[[str], Non
             " baseline: qemu-img convert image -> qcow2"
         )
         emit("   export: GET into a client-side file; baseline: qemu-img convert VDI -> the format")
+        emit("   VDI.copy: a full copy within the SR, until the call returns; baseline: qemu-img convert VDI -> qcow2")
         emit("   durable: until the written file (the VDI, the client's copy, the convert's output) is fsync'ed")
         emit(f"\n3. VBD hot-plug of a 64 MiB disk into a running test guest, {s.plugs} cycles")
         emit(table(["step", "median ms", "min ms", "max ms"], await hotplug(api, sr, s)))

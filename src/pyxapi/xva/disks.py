@@ -179,7 +179,7 @@ async def writing(ctx: Context, vdi: str) -> AsyncIterator[DiskWriter]:
         try:
             os.ftruncate(fd, size)
             yield _FileWriter(fd)
-            os.fsync(fd)
+            # No fsync of this spool: import_data reads it back at once and makes the VDI durable.
         finally:
             os.close(fd)
         with storage_errors(ctx.store, sr, vdi):

@@ -199,8 +199,8 @@ async def import_chunks(
         await export_to_file(ctx, vdi, "raw", spool, lambda _: None)
         fd = os.open(spool, os.O_WRONLY)
         try:
+            # No fsync of this spool: import_into reads it back at once and makes the VDI durable.
             await apply_chunk_protocol(blocks, fd, size)
-            await asyncio.to_thread(os.fsync, fd)
         finally:
             os.close(fd)
         await import_into(ctx, vdi, "raw", spool, progress)

@@ -17,7 +17,7 @@ import uuid as uuidlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import qemuimg
+from . import durable, qemuimg
 from .base import (
     AttachInfo,
     BackendFailure,
@@ -221,7 +221,7 @@ class FileStorageDriver:
         tmp = self._tmp(root, fmt)
         try:
             await qemuimg.create(tmp, fmt, size)
-            _publish(tmp, path)
+            await durable.publish(tmp, path)
         except qemuimg.QemuImgError as exc:
             raise self._failure(root, exc, SMError.VDI_CREATE, size) from None
         finally:
@@ -263,6 +263,7 @@ class FileStorageDriver:
             if size != image.virtual_size:
                 try:
                     await qemuimg.resize(os.path.join(root, location), image.format, size)
+                    await durable.sync_file(os.path.join(root, location))
                 except qemuimg.QemuImgError as exc:
                     raise self._failure(root, exc, SMError.VDI_RESIZE, size - image.virtual_size) from None
             image, _ = await self._leaf(sr, root, location)
@@ -323,12 +324,14 @@ class FileStorageDriver:
                 await qemuimg.convert(src, fmt, tmp, image.format, progress)
                 if virtual < image.virtual_size:
                     await qemuimg.resize(tmp, image.format, image.virtual_size)
+                await durable.sync_file(tmp)  # on disk before its name is the VDI's (durable.py)
                 async with self._lock(sr.uuid):
                     # Re-read under the lock: a clone may have re-pointed the VDI meanwhile.
                     current, _ = await self._leaf(sr, root, location)
                     self._assert_unused(sr, location, "import")
                     os.replace(tmp, os.path.join(root, location))
                     await asyncio.to_thread(collect_bases, root, current.backing)
+                    await durable.sync_dir(root)
             except qemuimg.QemuImgError as exc:
                 raise self._failure(root, exc, SMError.VDI_CREATE, virtual) from None
             finally:
@@ -360,7 +363,7 @@ class FileStorageDriver:
             tmp = self._tmp(root, target_fmt)
             try:
                 await qemuimg.convert(src, fmt, tmp, target_fmt, progress)
-                _publish(tmp, path)
+                await durable.publish(tmp, path)
             except qemuimg.QemuImgError as exc:
                 raise self._failure(root, exc, SMError.VDI_CREATE, virtual) from None
             finally:
@@ -413,7 +416,7 @@ class FileStorageDriver:
         tmp = self._tmp(dest_root, image.format)
         try:
             await qemuimg.convert(os.path.join(root, location), image.format, tmp, image.format, progress)
-            _publish(tmp, path)
+            await durable.publish(tmp, path)
         except qemuimg.QemuImgError as exc:
             raise self._failure(dest_root, exc, SMError.VDI_CREATE, image.virtual_size) from None
         finally:
@@ -444,7 +447,7 @@ class FileStorageDriver:
                     # In use, the hypervisor holds the image's lock; the caller paused the guest's I/O.
                     in_use = self._uses.in_use(sr.uuid, location)
                     await qemuimg.convert(src_path, "raw", tmp, "raw", force_share=in_use)
-                    _publish(tmp, new_path)
+                    await durable.publish(tmp, new_path)
                 except qemuimg.QemuImgError as exc:
                     raise self._failure(root, exc, error, image.allocated) from None
                 finally:
@@ -458,6 +461,7 @@ class FileStorageDriver:
             try:
                 await self._overlays.create(tmp_src, image.virtual_size, base, root)
                 await self._overlays.create(tmp_new, image.virtual_size, base, root)
+                await durable.sync_files(tmp_src, tmp_new)  # on disk before they take the VDIs' names
                 os.chmod(tmp_src, os.stat(src_path).st_mode & 0o777)
                 os.rename(src_path, os.path.join(root, base))
                 os.rename(tmp_src, src_path)
@@ -469,6 +473,7 @@ class FileStorageDriver:
                 _discard(tmp_new)
             # Nothing may write a base again: children's contents depend on it.
             os.chmod(os.path.join(root, base), 0o444)
+            await durable.sync_dir(root)  # the renames, before the new VDI is recorded
             source, _ = await self._leaf(sr, root, location)
             new, _ = await self._leaf(sr, root, new_name)
             return CloneResult(to_info(new, **extra), to_info(source), base, True)
@@ -532,15 +537,6 @@ def _chain_allocation(images: dict[str, Image], location: str) -> int:
         current = images.get(current.backing) if current.backing else None
         hops += 1
     return total
-
-
-def _publish(tmp: str, final: str) -> None:
-    """Move a finished work file to its final name, refusing to replace anything already there."""
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        raise VDIExists(os.path.basename(final)) from None
-    os.unlink(tmp)
 
 
 def _discard(path: str) -> None:

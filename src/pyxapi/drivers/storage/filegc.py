@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from . import qemuimg
+from . import durable, qemuimg
 from .filechain import BASE_SUFFIX, Image, list_images
 
 
@@ -83,4 +83,7 @@ async def _merge(root: str, base: Image, child: Image) -> None:
         os.chmod(base_path, 0o444)
         raise
     os.chmod(base_path, child_mode)
+    # The merged base must be on disk before it replaces the child: the child's data lives only in it
+    # from then on (qemu-img commit flushes, but ignores a failing flush; our fsync reports it).
+    await durable.sync_file(base_path)
     os.replace(base_path, child_path)

@@ -37,7 +37,8 @@ class OverlayMaker:
         self._templates: OrderedDict[int, _Template] = OrderedDict()
 
     async def create(self, path: str, virtual_size: int, base: str, work_dir: str) -> None:
-        """An empty qcow2 overlay at path on `base` (a name in the same directory, qcow2)."""
+        """An empty qcow2 overlay at path on `base` (a name in the same directory, qcow2). Not synced:
+        the caller syncs its overlays together before renaming them into place (durable.py)."""
         if len(base) != len(_PLACEHOLDER):
             await qemuimg.create(path, "qcow2", virtual_size, base, "qcow2")
             return

@@ -47,6 +47,11 @@ def executable(tool: str = "qemu-img") -> str:
     return found
 
 
+def is_remote(image: str) -> bool:
+    """An image qemu reaches through one of its network drivers (nfs://, iscsi://), not a local path."""
+    return "://" in image
+
+
 async def run(args: Sequence[str], progress: ProgressFn | None = None, ok_codes: tuple[int, ...] = (0,)) -> str:
     """Run qemu-img; returns stdout. Cancelling the awaiting task kills the child."""
     proc = await asyncio.create_subprocess_exec(
@@ -120,7 +125,13 @@ async def convert(
     target_exists: bool = False,
     force_share: bool = False,
 ) -> None:
+    """Convert an image. A local target is left as qemu-img's default (cache=unsafe) writes it: the
+    caller syncs it if it is a disk (durable.publish) and not if it is scratch. A remote target
+    (nfs://, iscsi://) can only be flushed by qemu, so it gets `-t writeback`, which ends the
+    conversion with a flush (durable.py)."""
     args = ["convert", "-f", QEMU_FORMAT[src_fmt], "-O", QEMU_FORMAT[dst_fmt]]
+    if is_remote(dst):
+        args += ["-t", "writeback"]
     if force_share:  # read an image a running hypervisor holds (its guest's I/O is paused)
         args.append("-U")
     if progress is not None:
