@@ -10,7 +10,7 @@ grep -q control_d /proc/xen/capabilities 2>/dev/null || echo "install-dom0: warn
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends xen-utils-4.17 xenstore-utils libvirt-daemon-system \
-  libvirt-daemon-driver-xen python3 python3-venv python3-libvirt qemu-utils iproute2 nftables busybox
+  libvirt-daemon-driver-xen qemu-system-xen python3 python3-venv python3-libvirt qemu-utils iproute2 nftables busybox
 # A venv that also sees Debian's python3-libvirt (libvirt-python from PyPI would need a compiler).
 python3 -m venv --system-site-packages /opt/pyxapi
 /opt/pyxapi/bin/pip install -q --upgrade pip

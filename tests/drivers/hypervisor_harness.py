@@ -31,6 +31,7 @@ READY_TIMEOUT = 120.0  # TCG on two shared cores: a boot normally takes 3-10 s
 class Harness:
     kind = ""
     reboot_keeps_domid = True  # Xen rebuilds a rebooted domain under a new domid
+    expects_vnc = False  # the guest has a framebuffer served over VNC
     driver: Any
     shared: DomainSpec | None = None  # the guest the ordered tests share
 
@@ -121,7 +122,17 @@ class SimHarness(Harness):
 
     async def guest_sees_disk(self, uuid: str) -> str | None:
         disks = [d for d in self.host.domains[uuid].spec.disks if not d.is_cdrom]
-        return Path(disks[0].path or "").read_text()[:16] if disks else None
+        if not disks:
+            return None
+        # Through qemu-io, so a qcow2 image reads as the guest would see it.
+        out = subprocess.run(
+            ["qemu-io", "-r", "-U", "-f", disks[0].format, "-c", "read -v 0 16", str(disks[0].path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        hex_bytes = out.splitlines()[0].split(":", 1)[1].split()[:16]
+        return bytes(int(b, 16) for b in hex_bytes).decode(errors="replace")
 
     async def guest_ignore_acpi(self, uuid: str) -> None:
         self.driver.set_guest_responsive(uuid, False)
@@ -156,6 +167,7 @@ class SimHarness(Harness):
 
 class QemuHarness(Harness):
     kind = "qemu"
+    expects_vnc = True
 
     def __init__(self, image: HvGuestImage, run_dir: Path, netns: str) -> None:
         self.image = image

@@ -45,7 +45,7 @@ from pyxapi.drivers.hypervisor.base import (
 from pyxapi.drivers.hypervisor.events import EventStream
 from pyxapi.drivers.hypervisor.qemu import classify_exit
 from tests.drivers.hypervisor_harness import Harness, QemuHarness, SimHarness
-from tests.xenhost.harness import XenHarness, xen_contract_params
+from tests.xenhost.harness import XEN_KINDS, XenHarness, xen_contract_params
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
@@ -56,8 +56,8 @@ async def hv(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     h: Any
     if request.param == "sim":
         h = SimHarness()
-    elif request.param == "xen":  # only inside the Xen test host's dom0 (tests/drivers/test_hypervisor_xen.py)
-        h = XenHarness(request.getfixturevalue("tmp_path_factory").mktemp("xen"))
+    elif request.param in XEN_KINDS:  # only inside the Xen test host's dom0 (tests/drivers/test_hypervisor_xen.py)
+        h = XenHarness(request.getfixturevalue("tmp_path_factory").mktemp(request.param), XEN_KINDS[request.param])
     else:
         image = request.getfixturevalue("hv_guest_image")
         h = QemuHarness(image, request.getfixturevalue("hv_run_dir") / "main", request.getfixturevalue("hv_netns"))
@@ -114,8 +114,8 @@ async def test_start_runs_and_guest_is_ready(hv: Harness) -> None:
     agent = await hv.driver.guest_agent(spec.uuid)
     assert agent.os.get("name")
     console = await hv.driver.console(spec.uuid)
-    if Capability.VNC_CONSOLE in hv.driver.capabilities:
-        assert console.vnc_socket
+    if hv.expects_vnc:
+        assert Capability.VNC_CONSOLE in hv.driver.capabilities and console.vnc_socket
         reader, writer = await asyncio.open_unix_connection(console.vnc_socket)
         assert (await asyncio.wait_for(reader.readexactly(12), 10)).startswith(b"RFB 003.")
         writer.close()
@@ -192,13 +192,18 @@ async def test_memory_balloon(hv: Harness) -> None:
     await wait_until(grown, 45, "the balloon to deflate")
 
 
-async def test_disk_hotplug(hv: Harness, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])  # on Xen: blkback, and qemu's qdisk backend
+async def test_disk_hotplug(hv: Harness, tmp_path: Path, fmt: str) -> None:
     uuid = shared(hv).uuid
-    image = tmp_path / "data.raw"
-    with open(image, "wb") as f:
+    raw = tmp_path / "data.raw"
+    with open(raw, "wb") as f:
         f.write(b"pyxapi-disk-ok!!")
         f.truncate(4 * MiB)
-    disk = DiskSpec(1, str(image), "raw")
+    image = raw
+    if fmt == "qcow2":
+        image = tmp_path / "data.qcow2"
+        subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(image)], check=True)
+    disk = DiskSpec(1, str(image), fmt)
     assert await hv.guest_sees_disk(uuid) is None
     await hv.driver.plug_disk(uuid, disk)
     with pytest.raises(DeviceError):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pyxapi.drivers.hypervisor.base import DiskSpec, DomainSpec, InvalidArgument, NicSpec, NotSupported
-from pyxapi.drivers.hypervisor.xen import domxml, xenstore
+from pyxapi.drivers.hypervisor.base import DiskSpec, DiskStats, DomainSpec, InvalidArgument, NicSpec, NotSupported
+from pyxapi.drivers.hypervisor.xen import domxml, qdisk, xenstore
 from pyxapi.drivers.hypervisor.xen.host import is_xen_dom0, xen_capabilities, xen_version
 from pyxapi.drivers.hypervisor.xen.relay import PtyRelay
 
@@ -86,6 +86,31 @@ def test_domain_types_and_refusals() -> None:
         )
     )
     assert hvm.find("devices/graphics").get("type") == "vnc"  # type: ignore[union-attr]
+    # An HVM guest's console is the emulated UART; a PV guest's is Xen's PV console.
+    assert hvm.find("devices/serial") is not None
+    assert hvm.find("devices/console/target").get("type") == "serial"  # type: ignore[union-attr]
+    assert pvh.find("devices/console/target").get("type") == "xen"  # type: ignore[union-attr]
+    # A PV framebuffer (VNC, and the QEMU qcow2 disks need) only where the device model exists.
+    assert pvh.find("devices/graphics") is None
+    pv_dm = ET.fromstring(
+        domxml.build_domain_xml(spec(), {}, bootloader_path=None, device_model="/usr/libexec/xen-qemu-system-i386")
+    )
+    assert pv_dm.find("devices/graphics").get("listen") == "127.0.0.1"  # type: ignore[union-attr]
+    assert pv_dm.find("devices/emulator") is None  # libxl's own QEMU for PV domains
+    # An HVM guest's CD-ROM drive is an emulated IDE drive, there even when empty.
+    hvm_cd = ET.fromstring(
+        domxml.build_domain_xml(
+            spec(domain_type="hvm", disks=(DiskSpec(3, None, is_cdrom=True),)),
+            {},
+            bootloader_path=None,
+            device_model="/usr/libexec/xen-qemu-system-i386",
+        )
+    )
+    cd = hvm_cd.find("devices/disk[@device='cdrom']")
+    assert cd is not None and cd.find("source") is None
+    assert cd.find("target").attrib == {"dev": "hdd", "bus": "ide"}  # type: ignore[union-attr]
+    with pytest.raises(InvalidArgument):
+        domxml.cdrom_xml(DiskSpec(4, "/srv/a.iso", is_cdrom=True))
     with pytest.raises(InvalidArgument):
         domxml.build_domain_xml(spec(firmware="uefi"), {}, bootloader_path=None, device_model=None)
     with pytest.raises(InvalidArgument):
@@ -132,6 +157,17 @@ def test_guest_metrics_from_xenstore() -> None:
     [nic] = info.interfaces
     assert (nic.name, nic.mac, nic.ipv4, nic.ipv6) == ("eth0", "52:54:00:aa:bb:cc", ("10.0.0.5",), ("fd00::5",))
     assert xenstore.guest_info(7, {"/local/domain/7/control/x": "1"}, {}) is None  # no agent yet
+
+
+def test_qdisk_blockstats_by_node_name() -> None:
+    reply = [
+        {
+            "node-name": "xvdb-qcow2",
+            "stats": {"rd_bytes": 512, "wr_bytes": 1024, "rd_operations": 1, "wr_operations": 2},
+        },
+        {"node-name": "", "stats": {"rd_bytes": 9}},  # an anonymous node: not a disk of the guest's
+    ]
+    assert qdisk.parse_blockstats(reply) == {"xvdb": DiskStats(512, 1024, 1, 2)}
 
 
 def test_host_facts_from_sysfs(tmp_path: Path) -> None:

@@ -8,10 +8,12 @@ event.from, and shut down cleanly; the host reports Xen's version and capabiliti
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import XenAPI
@@ -25,12 +27,17 @@ BOOT_SECONDS = 300.0  # a PV guest under nested TCG on a shared machine
 
 
 @pytest.fixture(scope="module")
-def xapi(xen_host: XenHost) -> Iterator[Any]:  # noqa: F811
+def session(xen_host: XenHost) -> Iterator[Any]:  # noqa: F811
     s = XenAPI.Session(xen_host.url)
     s.xenapi.login_with_password("root", xen_host.password, "2.23", "xen-e2e")
-    yield s.xenapi
+    yield s
     with contextlib.suppress(Exception):
         s.xenapi.session.logout()
+
+
+@pytest.fixture(scope="module")
+def xapi(session: Any) -> Any:
+    return session.xenapi
 
 
 def wait_for(x: Any, vm: str, predicate: Any, seconds: float) -> dict[str, Any]:
@@ -89,3 +96,64 @@ def test_pv_vm_from_template_runs_on_xen(xen_host: XenHost, xapi: Any) -> None: 
     gone = xen_host.run(f"xl list {domid}", timeout=60)
     assert gone.rc != 0, gone.out
     xapi.VM.destroy(vm)
+
+
+async def rfb_banner_through_console(url: str, session: str, console: str) -> bytes:
+    """CONNECT to the daemon's console handler (plain HTTP here: the forwarded port) and read the
+    first bytes the guest's VNC server sends."""
+    parts = urlsplit(url)
+    async with asyncio.timeout(60):
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            writer.write(f"CONNECT /console?ref={console}&session_id={session} HTTP/1.0\r\n\r\n".encode())
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.split(b" ", 2)[1] == b"200", head
+            return await reader.readexactly(12)
+        finally:
+            writer.close()
+
+
+def test_pvh_vm_with_a_qcow2_disk_and_a_vnc_console(xen_host: XenHost, session: Any, xapi: Any) -> None:  # noqa: F811
+    """PVH, a disk from the default SR (qcow2 files: libxl's qdisk backend, QEMU in dom0) hot-plugged
+    into the running guest, and the guest's VNC console (its PV framebuffer) through the API."""
+    template = next(t for t in xapi.VM.get_by_name_label("pyxapi test guest") if xapi.VM.get_is_a_template(t))
+    vm = xapi.VM.clone(template, "xen-e2e-pvh")
+    xapi.VM.set_domain_type(vm, "pvh")
+    xapi.VM.set_PV_args(vm, "console=hvc0 quiet")
+    xapi.VM.provision(vm)
+    [pool] = xapi.pool.get_all()
+    sr = xapi.pool.get_default_SR(pool)
+    vdi = xapi.VDI.create({
+        "name_label": "xen-e2e-data", "name_description": "", "SR": sr, "virtual_size": str(16 << 20),
+        "type": "user", "sharable": False, "read_only": False, "other_config": {},
+    })  # fmt: skip
+    try:
+        xapi.VM.start(vm, False, False)
+        rec = wait_for(xapi, vm, lambda r: r["power_state"] == "Running" and int(r["domid"]) > 0, BOOT_SECONDS)
+        domid = rec["domid"]
+        described = xen_host.run(f"xl list -l {domid}", timeout=60)
+        assert described.rc == 0 and '"type": "pvh"' in described.out, described.out[:2000]
+        vbd = xapi.VBD.create({
+            "VM": vm, "VDI": vdi, "userdevice": "1", "bootable": False, "mode": "RW", "type": "Disk",
+            "empty": False, "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {},
+        })  # fmt: skip
+        xapi.VBD.plug(vbd)
+        assert xapi.VBD.get_currently_attached(vbd)
+        # The disk is a qcow2 file, served by the domain's QEMU (qdisk), not by blkback.
+        backends = xen_host.run(f"xenstore-ls /local/domain/0/backend/qdisk/{domid}", timeout=60)
+        assert backends.rc == 0 and 'params = "qcow2:' in backends.out, backends.out[:2000]
+        consoles = {xapi.console.get_protocol(c): c for c in xapi.VM.get_consoles(vm)}
+        assert "rfb" in consoles, consoles
+        banner = asyncio.run(rfb_banner_through_console(xen_host.url, session._session, consoles["rfb"]))
+        assert banner.startswith(b"RFB 003."), banner
+        xapi.VBD.unplug(vbd)
+        xapi.VM.clean_shutdown(vm)
+        wait_for(xapi, vm, lambda r: r["power_state"] == "Halted", 120)
+        gone = xen_host.run(f"xl list {domid}", timeout=60)
+        assert gone.rc != 0, gone.out
+    finally:
+        with contextlib.suppress(Exception):
+            xapi.VM.hard_shutdown(vm)
+        xapi.VM.destroy(vm)
+        xapi.VDI.destroy(vdi)

@@ -25,11 +25,18 @@ READY_TIMEOUT = 180.0  # a PV guest under nested TCG: ~5-20 s when the machine i
 GUEST_DIR = Path(os.environ.get("PYXAPI_XEN_GUEST", "/opt/pyxapi/guest"))
 
 
+# Contract parameter → the domain type its guests are built as.
+XEN_KINDS = {"xen": "pv", "xen-pvh": "pvh", "xen-hvm": "hvm"}
+
+
 def xen_contract_params() -> list[Any]:
-    """The contract suite's `xen` parameter, only where it can run: in the Xen test host's dom0."""
-    if os.environ.get("PYXAPI_CONTRACT_XEN") != "1":
+    """The contract suite's Xen parameters (PV, PVH and HVM guests), only where they can run: in the
+    Xen test host's dom0. PYXAPI_CONTRACT_XEN=1 selects all three, or a comma-separated list of them."""
+    wanted = os.environ.get("PYXAPI_CONTRACT_XEN", "")
+    if not wanted:
         return []
-    return [pytest.param("xen", marks=pytest.mark.slow)]
+    kinds = list(XEN_KINDS) if wanted == "1" else [k for k in wanted.split(",") if k in XEN_KINDS]
+    return [pytest.param(kind, marks=pytest.mark.slow) for kind in kinds]
 
 
 class XenHarness:
@@ -37,12 +44,17 @@ class XenHarness:
     reboot_keeps_domid = False  # Xen rebuilds a rebooted domain (as xapi's VM.clean_reboot does)
     shared: Any = None
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, domain_type: str = "pv") -> None:
         from pyxapi.drivers.hypervisor.xen.driver import XenDriver
 
+        self.domain_type = domain_type
+        # HVM guests' console is the device model's emulated serial port (ttyS0), PV and PVH guests'
+        # is Xen's PV console (hvc0). All have a VNC console (a PV framebuffer for PV and PVH).
+        self.console_dev = "ttyS0" if domain_type == "hvm" else "hvc0"
         self.run_dir = run_dir
         self.bridge = f"pyxbr{os.getpid() % 100000}"
         self.driver: Any = XenDriver(run_dir)
+        self.expects_vnc = True  # the test host has the device model (qemu-system-xen)
 
     def spec(self, name: str, *, mem: int = 256, vcpus_max: int = 2) -> Any:
         from pyxapi.drivers.hypervisor.base import DiskSpec, DomainSpec
@@ -56,9 +68,10 @@ class XenHarness:
             mem * MiB,
             kernel=str(GUEST_DIR / "vmlinuz"),
             ramdisk=str(GUEST_DIR / "initrd.img"),
-            cmdline="console=hvc0 quiet loglevel=3",  # no kernel warnings amid console shell output
+            # quiet: no kernel warnings amid console shell output
+            cmdline=f"console={self.console_dev} quiet loglevel=3",
             disks=(DiskSpec(3, None, is_cdrom=True),),
-            domain_type="pv",
+            domain_type=self.domain_type,
         )
 
     async def new_driver(self) -> Any:

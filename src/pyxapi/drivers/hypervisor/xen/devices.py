@@ -30,7 +30,7 @@ from pyxapi.drivers.hypervisor.base import (
     check_disk,
     check_nic,
 )
-from pyxapi.drivers.hypervisor.xen import domxml
+from pyxapi.drivers.hypervisor.xen import domxml, qdisk
 
 if TYPE_CHECKING:
     from pyxapi.drivers.hypervisor.xen.domain import XenDomain
@@ -155,14 +155,56 @@ async def _wait_device_gone(drv: XenDriver, d: XenDomain, target: str, timeout: 
         await asyncio.sleep(0.2)
 
 
+# QEMU 7.2's Xen device model crashes (segfault) when media goes into an emulated CD-ROM drive
+# that was empty when the domain was built; a drive that had media and was ejected takes new media
+# fine. So an HVM guest's empty drives start with an empty placeholder file, ejected at once.
+
+
+def placeholder_media(d: XenDomain) -> Path:
+    path = d.empty_media
+    if not path.exists():
+        d.dir.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    return path
+
+
+def _empty_hvm_drives(d: XenDomain) -> list[DiskSpec]:
+    if _kind(d) != "hvm":
+        return []
+    return [x for x in d.spec.disks if x.is_cdrom and x.path is None]
+
+
+async def eject_placeholders(drv: XenDriver, d: XenDomain) -> None:
+    d.unsafe_drives = set()
+    for drive in _empty_hvm_drives(d):
+        xml = ET.tostring(domxml.cdrom_xml(drive), encoding="unicode")
+        try:
+            await drv.conn.domain_call(
+                d.uuid, lambda dom, xml=xml: dom.updateDeviceFlags(xml, drv.lv.VIR_DOMAIN_AFFECT_LIVE)
+            )
+        except drv.lv.libvirtError as e:
+            log.warning("domain %s: CD-ROM %d keeps its placeholder media: %s", d.uuid, drive.device, e)
+
+
+def note_restored_empty_drives(d: XenDomain) -> None:
+    """A restored domain's device model rebuilt its empty drives empty (the placeholder trick is
+    not possible on restore): media must not go into them until the domain is rebuilt."""
+    d.unsafe_drives = {x.device for x in _empty_hvm_drives(d)}
+
+
 async def set_cdrom(drv: XenDriver, d: XenDomain, device: int, path: str | None) -> None:
     drive = next((x for x in d.spec.disks if x.device == device), None)
     if drive is None or not drive.is_cdrom:
         raise DeviceError(f"no CD-ROM drive at device {device}")
     kind = _kind(d)
-    if kind == "hvm" and drive.path is not None and path is not None:
+    if path is not None and device in d.unsafe_drives:
+        raise DeviceError(
+            f"CD-ROM {device} was empty when this HVM guest was resumed: the device model cannot take "
+            "media into it until the guest reboots"
+        )
+    if kind == "hvm":  # an emulated drive: the device model inserts and ejects media in place
         new = dataclasses.replace(drive, path=path, format="raw")
-        xml = ET.tostring(domxml.disk_xml(new, kind), encoding="unicode")
+        xml = ET.tostring(domxml.cdrom_xml(new), encoding="unicode")
         flags = drv.lv.VIR_DOMAIN_AFFECT_LIVE
         try:
             await drv.conn.domain_call(d.uuid, lambda dom: dom.updateDeviceFlags(xml, flags))
@@ -220,19 +262,41 @@ async def vcpu_times(domid: int) -> tuple[int, ...]:
     return tuple(times)
 
 
+async def reap_killed(domid: int, name: str) -> None:
+    """A domain destroyed behind libxl's back stays a dying zombie while its device model (QEMU in
+    dom0) maps its memory, and its backends stay in xenstore: libxl's destroy releases both. Only
+    the domain still listed under that domid and name is destroyed (domids are not reused at once)."""
+    proc = await asyncio.create_subprocess_exec(
+        "xl", "list", str(domid), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0 or name not in out.decode(errors="replace"):
+        return
+    log.info("domain %d (%s) was killed: releasing its device model and backends", domid, name)
+    proc = await asyncio.create_subprocess_exec(
+        "xl", "destroy", str(domid), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    await proc.wait()
+
+
 async def stats(drv: XenDriver, d: XenDomain) -> DomainStats:
     lv = drv.lv
     disks = [x for x in d.spec.disks if x.path is not None]
     nics = list(d.spec.nics)
 
     vcpu_ns = await vcpu_times(d.domid)
+    qdisk_stats = await qdisk.block_stats(d.domid) if any(x.format == "qcow2" for x in disks) else {}
 
     def sample(dom: Any) -> DomainStats:
         _state, _max_kib, mem_kib, _nr, cpu_ns = dom.info()
         disk_stats = {}
         for disk in disks:
+            target = domxml.disk_target(disk.device)
+            if target in qdisk_stats:
+                disk_stats[disk.device] = qdisk_stats[target]
+                continue
             try:
-                rd_req, rd_bytes, wr_req, wr_bytes, _errs = dom.blockStats(domxml.disk_target(disk.device))
+                rd_req, rd_bytes, wr_req, wr_bytes, _errs = dom.blockStats(target)
             except lv.libvirtError:
                 continue
             disk_stats[disk.device] = DiskStats(max(rd_bytes, 0), max(wr_bytes, 0), max(rd_req, 0), max(wr_req, 0))

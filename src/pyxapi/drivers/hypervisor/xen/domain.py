@@ -36,6 +36,7 @@ class XenDomain:
     vnc: TcpRelay | None = None
     pty: str | None = None
     vnc_port: int | None = None
+    unsafe_drives: set[int] = field(default_factory=set)  # empty HVM CD-ROM drives media cannot enter
 
     @property
     def uuid(self) -> str:
@@ -52,6 +53,11 @@ class XenDomain:
     @property
     def vnc_socket(self) -> Path:
         return self.dir / "vnc.sock"
+
+    @property
+    def empty_media(self) -> Path:
+        """The empty file an HVM guest's empty CD-ROM drives start with (devices.placeholder_media)."""
+        return self.dir / "empty-media"
 
     def info(self) -> DomainInfo:
         return DomainInfo(
@@ -81,7 +87,7 @@ class XenDomain:
 
     def forget(self) -> None:
         """Remove what adopt() would look at (logs elsewhere stay)."""
-        for p in (self.meta, self.console_socket, self.vnc_socket):
+        for p in (self.meta, self.console_socket, self.vnc_socket, self.empty_media):
             p.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.dir.rmdir()

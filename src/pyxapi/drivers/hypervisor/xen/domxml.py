@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyxapi.drivers.hypervisor.base import DiskSpec, DomainSpec, InvalidArgument, NicSpec, NotSupported
 
@@ -41,14 +41,31 @@ def disk_target(device: int) -> str:
     return "xvd" + chr(ord("a") + device)
 
 
+IDE_SLOTS = 4  # hda-hdd: where an HVM guest's emulated CD-ROM drives can be
+
+
+def cdrom_xml(disk: DiskSpec) -> ET.Element:
+    """An HVM guest's CD-ROM: an emulated IDE drive (hd<a+N>), present even when empty, whose media
+    the device model changes in place as a real drive's."""
+    if disk.device >= IDE_SLOTS:
+        raise InvalidArgument(f"an HVM guest's CD-ROM drive must be device 0-{IDE_SLOTS - 1}, not {disk.device}")
+    el = ET.Element("disk", type="file", device="cdrom")
+    ET.SubElement(el, "driver", name="qemu", type="raw")
+    if disk.path is not None:
+        ET.SubElement(el, "source", file=disk.path)
+    ET.SubElement(el, "target", dev="hd" + chr(ord("a") + disk.device), bus="ide")
+    ET.SubElement(el, "readonly")
+    return el
+
+
 def disk_xml(disk: DiskSpec, kind: str) -> ET.Element:
     """A disk, or the media of a CD-ROM drive (PV guests see CD media as a read-only disk)."""
+    if disk.is_cdrom and kind == "hvm":
+        return cdrom_xml(disk)
     if disk.path is None:
         raise InvalidArgument(f"disk {disk.device} has no media")
     is_block = disk.path.startswith("/dev/")
-    el = ET.Element(
-        "disk", type="block" if is_block else "file", device="cdrom" if disk.is_cdrom and kind == "hvm" else "disk"
-    )
+    el = ET.Element("disk", type="block" if is_block else "file", device="disk")
     if disk.format == "qcow2":
         ET.SubElement(el, "driver", name="qemu", type="qcow2")  # the qdisk backend (QEMU in dom0)
     # raw: no driver element, so libxl picks blkback ("phy", a loop device for files).
@@ -73,9 +90,16 @@ def nic_xml(nic: NicSpec, bridge: str, kind: str) -> ET.Element:
 
 
 def build_domain_xml(
-    spec: DomainSpec, bridges: dict[int, str], *, bootloader_path: str | None, device_model: str | None
+    spec: DomainSpec,
+    bridges: dict[int, str],
+    *,
+    bootloader_path: str | None,
+    device_model: str | None,
+    empty_media: str | None = None,
 ) -> str:
-    """The XML libvirt creates the domain from. ``bridges`` maps NIC device → bridge name."""
+    """The XML libvirt creates the domain from. ``bridges`` maps NIC device → bridge name.
+    ``empty_media``: an empty file an HVM guest's empty CD-ROM drives start with (see
+    devices.placeholder_media); without it they start without media."""
     kind = domain_type(spec)
     if spec.firmware == "uefi":
         raise InvalidArgument("UEFI firmware is not supported by the Xen driver (ovmf for Xen HVM is not packaged)")
@@ -122,13 +146,25 @@ def build_domain_xml(
     if kind == "hvm" and device_model:
         ET.SubElement(devices, "emulator").text = device_model
     for disk in spec.disks:
-        if disk.path is not None:  # an empty CD-ROM drive has nothing to attach
+        if kind == "hvm" and disk.is_cdrom and disk.path is None and empty_media:
+            devices.append(cdrom_xml(replace(disk, path=empty_media)))
+        elif disk.path is not None or (disk.is_cdrom and kind == "hvm"):  # a PV CD-ROM drive is its media
             devices.append(disk_xml(disk, kind))
     for nic in spec.nics:
         devices.append(nic_xml(nic, bridges[nic.device], kind))
-    console = ET.SubElement(devices, "console", type="pty")
-    ET.SubElement(console, "target", type="xen", port="0")
     if kind == "hvm":
+        # An HVM guest's console is the device model's emulated UART (ttyS0), as `xl console -t serial`.
+        serial = ET.SubElement(devices, "serial", type="pty")
+        ET.SubElement(serial, "target", port="0")
+        console = ET.SubElement(devices, "console", type="pty")
+        ET.SubElement(console, "target", type="serial", port="0")
+    else:
+        console = ET.SubElement(devices, "console", type="pty")
+        ET.SubElement(console, "target", type="xen", port="0")
+    if device_model:
+        # HVM: the emulated graphics card. PV/PVH: a PV framebuffer (as XenServer gives PV guests a
+        # VNC console), which also makes libxl run the domain's QEMU, the backend qcow2 disks need:
+        # libxl starts that QEMU only when a domain is built, never for a later hot-plug.
         ET.SubElement(devices, "graphics", type="vnc", port="-1", autoport="yes", listen="127.0.0.1")
     return ET.tostring(root, encoding="unicode")
 

@@ -222,6 +222,8 @@ class XenDriver:
             await self._finish(d, d.requested, True, "destroyed")
         else:
             await self._finish(d, ExitReason.KILLED, False, f"stopped (libvirt detail {detail})")
+            # Told first (a kill is reported at once), cleaned up after: the zombie's device model.
+            self._spawn(devices.reap_killed(d.domid, domxml.domain_name(d.spec)))
 
     async def _destroy_quietly(self, uuid: str) -> None:
         def destroy(conn: Any) -> None:
@@ -272,7 +274,7 @@ class XenDriver:
         d = XenDomain(spec, self.run_dir / spec.uuid)
         try:
             d.bridges = {nic.device: devices.take_over_tap(nic, None) for nic in spec.nics}
-            xml = domxml.build_domain_xml(spec, d.bridges, bootloader_path=self.pygrub, device_model=self.device_model)
+            xml = self._domain_xml(d)
             devices.check_backends(spec.disks, self.device_model)
             d.save()
             self._domains[spec.uuid] = d
@@ -286,6 +288,15 @@ class XenDriver:
             raise
         finally:
             self._starting.discard(spec.uuid)
+
+    def _domain_xml(self, d: XenDomain) -> str:
+        return domxml.build_domain_xml(
+            d.spec,
+            d.bridges,
+            bootloader_path=self.pygrub,
+            device_model=self.device_model,
+            empty_media=str(devices.placeholder_media(d)),
+        )
 
     async def _boot(self, d: XenDomain, xml: str, *, paused: bool, image: str | None) -> None:
         lv = self.lv
@@ -305,6 +316,10 @@ class XenDriver:
             raise StartError(d.uuid, f"the domain vanished during start ({e})", self._libxl_log(d.spec)) from None
         d.state = DomainState.PAUSED if paused else DomainState.RUNNING
         await self._query_state(d)
+        if image is None:
+            await devices.eject_placeholders(self, d)
+        else:
+            devices.note_restored_empty_drives(d)
 
     async def start(self, spec: DomainSpec, *, paused: bool = False) -> DomainInfo:
         return await self._create(spec, paused=paused, image=None)
@@ -351,10 +366,7 @@ class XenDriver:
                 await self._destroy_quietly(uuid)
                 await self._wait_absent(uuid)
                 d.bridges = {n.device: devices.take_over_tap(n, d.bridges.get(n.device)) for n in d.spec.nics}
-                xml = domxml.build_domain_xml(
-                    d.spec, d.bridges, bootloader_path=self.pygrub, device_model=self.device_model
-                )
-                await self._boot(d, xml, paused=False, image=None)
+                await self._boot(d, self._domain_xml(d), paused=False, image=None)
             except StartError:
                 await self._finish(d, ExitReason.CRASH, False, "could not rebuild the domain after a reboot")
                 raise
