@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pyxapi.drivers.hypervisor.base import DomainEvent, DomainNotFound, ExitReason
+from pyxapi.drivers.storage.filechain import BASE_SUFFIX
 from pyxapi.engine.vm_exits import POWER_CHANGING, settled_by_operation
 from pyxapi.engine.vm_lifecycle import POWER_STATES
 from tests.ops.test_storage_ops import new_sr, srv  # noqa: F401 - the fixture
@@ -137,10 +138,49 @@ async def test_guest_powering_off_during_a_snapshot_ends_halted(srv: Api, tmp_pa
     await srv("VM.hard_shutdown", vm)
 
 
-async def test_emulator_killed_during_a_checkpoint_is_handled_once_it_ends(srv: Api) -> None:  # noqa: F811
-    sr = await new_sr(srv)
+def visible_files(sr_dir: Path) -> set[str]:
+    """The file SR's image files but its hidden bases (a discarded snapshot may leave one for the
+    coalescer): snapshot overlays and suspend images that survive a failure show up here."""
+    return {p.name for p in sr_dir.iterdir() if not p.name.endswith(BASE_SUFFIX)}
+
+
+async def checkpoint_fixture(srv: Api, tmp_path: Path) -> tuple[str, Path]:  # noqa: F811
+    """A running VM with one disk on a file SR, which also takes suspend images."""
+    sr_dir = tmp_path / "sr"
+    sr = await new_sr(srv, "file", location=str(sr_dir))
+    await srv("pool.set_suspend_image_SR", srv.ctx.pool_ref, sr)
     vm, _ = await guest(srv, sr, n_disks=1, cd=False, vif=False)
     await srv("VM.start", vm, False, False)
+    return vm, sr_dir
+
+
+async def assert_checkpoint_left_nothing(
+    srv: Api,  # noqa: F811
+    vm: str,
+    sr_dir: Path,
+    before: tuple[set[str], set[str], set[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    vms, vdis, files = before
+    assert set(await srv("VM.get_all")) == vms and await srv("VM.get_snapshots", vm) == []
+    assert set(await srv("VDI.get_all")) == vdis and visible_files(sr_dir) == files
+    assert await srv("VM.get_suspend_VDI", vm) == "OpaqueRef:NULL"
+    # Each VDI made was discarded exactly once: a second attempt would log HANDLE_INVALID.
+    assert not [r for r in caplog.records if "HANDLE_INVALID" in r.getMessage()]
+    # ... and once the checkpoint is over, the domain it left behind is gone: actions_after_crash = destroy
+    await wait_until(srv, vm, "power_state", "Halted")
+    assert await attached(srv, vm) == [False] and await srv("VM.get_domid", vm) == -1
+    assert await srv("VM.get_current_operations", vm) == {}
+    await srv("VM.start", vm, False, False)  # and it starts again
+    await srv("VM.hard_shutdown", vm)
+
+
+async def test_emulator_killed_during_a_checkpoint_is_handled_once_it_ends(
+    srv: Api,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    vm, sr_dir = await checkpoint_fixture(srv, tmp_path)
     hv = srv.ctx.services["hypervisor"]
     uuid = await srv("VM.get_uuid", vm)
     during: list[str] = []
@@ -153,12 +193,33 @@ async def test_emulator_killed_during_a_checkpoint_is_handled_once_it_ends(srv: 
         await real_save(domain, path, timeout=timeout)
 
     hv.save_memory = killed_meanwhile
-    code, ref = await srv.error("VM.checkpoint", vm, "cp")
-    assert code in ("VM_CHECKPOINT_SUSPEND_FAILED", "VM_CHECKPOINT_RESUME_FAILED") and ref == vm
+    before = set(await srv("VM.get_all")), set(await srv("VDI.get_all")), visible_files(sr_dir)
+    # Saving the memory failed first (continuing the guest then fails too, but that is a consequence).
+    assert await srv.error("VM.checkpoint", vm, "cp") == ["VM_CHECKPOINT_SUSPEND_FAILED", vm]
     assert during == ["Running"]  # the checkpoint owned the VM meanwhile: nobody raced it
-    # ... and once it is over, the domain it left behind is gone: actions_after_crash = destroy
-    await wait_until(srv, vm, "power_state", "Halted")
-    assert await attached(srv, vm) == [False] and await srv("VM.get_domid", vm) == -1
+    await assert_checkpoint_left_nothing(srv, vm, sr_dir, before, caplog)
+
+
+async def test_emulator_killed_before_a_checkpoint_continues_the_guest(
+    srv: Api,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The memory image is complete, then the domain dies before it is continued: that is xapi's
+    VM_CHECKPOINT_RESUME_FAILED, and the disk snapshots and the image are discarded, once."""
+    vm, sr_dir = await checkpoint_fixture(srv, tmp_path)
+    hv = srv.ctx.services["hypervisor"]
+    uuid = await srv("VM.get_uuid", vm)
+    real_save = hv.save_memory
+
+    async def killed_afterwards(domain: str, path: str, timeout: float = 300.0) -> None:
+        await real_save(domain, path, timeout=timeout)
+        hv.simulate_exit(uuid, ExitReason.KILLED)
+
+    hv.save_memory = killed_afterwards
+    before = set(await srv("VM.get_all")), set(await srv("VDI.get_all")), visible_files(sr_dir)
+    assert await srv.error("VM.checkpoint", vm, "cp") == ["VM_CHECKPOINT_RESUME_FAILED", vm]
+    await assert_checkpoint_left_nothing(srv, vm, sr_dir, before, caplog)
 
 
 async def test_an_exit_during_a_shutdown_is_the_shutdowns(srv: Api) -> None:  # noqa: F811

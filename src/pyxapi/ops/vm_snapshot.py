@@ -148,7 +148,13 @@ async def _memory_image(call: Call, vm: str, domain: str) -> str:
 
 
 async def _checkpoint_running(call: Call, vm: str, vbds: list[str]) -> tuple[dict[str, str], str]:
-    """Pause, snapshot the disks, save the memory, continue: disks and memory of one instant."""
+    """Pause, snapshot the disks, save the memory, continue: disks and memory of one instant.
+
+    The first failure is the one the client gets, as with xapi (which only resumes a checkpoint it
+    did suspend): when saving the memory fails because the domain is gone, continuing it fails too,
+    but the error is VM_CHECKPOINT_SUSPEND_FAILED, not VM_CHECKPOINT_RESUME_FAILED. Whatever was
+    made is discarded exactly once; a domain that is gone is settled by the monitor (Halted, per
+    actions_after_crash) once the checkpoint is over (engine.vm_exits)."""
     ctx = call.ctx
     domain = ctx.store.get("VM", vm)["uuid"]
     driver = hypervisor(ctx)
@@ -157,23 +163,35 @@ async def _checkpoint_running(call: Call, vm: str, vbds: list[str]) -> tuple[dic
         if was_running:
             await driver.pause(domain)
     disks: dict[str, str] = {}
-    image = NULL_REF
     try:
-        disks = await snapshot_disks(call, vbds)
-        image = await _memory_image(call, vm, domain)
+        disks = await snapshot_disks(call, vbds)  # discards its own partial work on failure
+        image = await _memory_image(call, vm, domain)  # likewise
     except BaseException:
-        await vm_clone.discard_vdis(call, list(disks.values()))
+        try:
+            if was_running:
+                await _continue_after_failure(call, vm, domain)
+        finally:
+            await vm_clone.discard_vdis(call, list(disks.values()))
         raise
-    finally:
-        if was_running:
-            try:
-                async with driver_errors(vm):
-                    await driver.unpause(domain)
-            except ApiError:
-                log.warning("checkpoint of VM %s: the guest could not be continued", vm)
-                await vm_clone.discard_vdis(call, [*disks.values(), *([image] if image != NULL_REF else [])])
-                raise ApiError("VM_CHECKPOINT_RESUME_FAILED", vm) from None
+    if was_running:
+        try:
+            async with driver_errors(vm):
+                await driver.unpause(domain)
+        except ApiError as e:
+            log.warning("checkpoint of VM %s: the guest could not be continued: %s", vm, e.description)
+            await vm_clone.discard_vdis(call, [*disks.values(), image])
+            raise ApiError("VM_CHECKPOINT_RESUME_FAILED", vm) from None
     return disks, image
+
+
+async def _continue_after_failure(call: Call, vm: str, domain: str) -> None:
+    """After a failed checkpoint, let the guest run on if it still can; a domain that cannot be
+    continued (it is gone) does not replace the failure already being reported."""
+    try:
+        async with driver_errors(vm):
+            await hypervisor(call.ctx).unpause(domain)
+    except ApiError as e:
+        log.warning("checkpoint of VM %s failed, and the guest could not be continued: %s", vm, e.description)
 
 
 async def checkpoint(call: Call, vm: str, new_name: str) -> str:

@@ -54,6 +54,7 @@ from pyxapi.drivers.hypervisor.qemu_host import (
     kill_domain,
     pid_is_domain,
     qemu_version,
+    sync_image,
     wait_pid_exit,
 )
 from pyxapi.drivers.hypervisor.qga import qga_call
@@ -422,6 +423,12 @@ class QemuDriver:
             await asyncio.sleep(0.02)
         if status.read_text().strip() != "0":
             raise HypervisorError(f"domain {d.uuid}: writing the suspend image failed")
+        # cat is done, but the image may still be only in the page cache: a power loss would lose
+        # the memory of a VM reported suspended. A failing write-back is reported to this fsync.
+        try:
+            await asyncio.to_thread(sync_image, image_path)
+        except OSError as e:
+            raise HypervisorError(f"domain {d.uuid}: the suspend image could not be put on disk: {e}") from None
 
     # ------------------------------------------------------------ contract: devices
 

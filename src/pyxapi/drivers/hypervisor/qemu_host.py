@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from pyxapi.drivers.hypervisor.base import HostFacts, HypervisorUnavailable
+from pyxapi.drivers.storage.durable import fsync_new_file
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +217,9 @@ def net_counters(pid: int) -> dict[str, tuple[int, int, int, int]]:
         if len(f) >= 10:
             out[name.strip()] = (int(f[0]), int(f[1]), int(f[8]), int(f[9]))
     return out
+
+
+def sync_image(path: str) -> None:
+    """Put a memory image QEMU wrote on stable storage: its data, then its directory (the name is
+    new when the image did not exist before). Blocking: call through asyncio.to_thread."""
+    fsync_new_file(path)

@@ -47,6 +47,12 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def fsync_new_file(path: str) -> None:
+    """fsync a file written in place and the directory holding its (possibly new) name."""
+    fsync_file(path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
 async def sync_file(path: str) -> None:
     # fsync waits for the disk: never on the event loop.
     await asyncio.to_thread(fsync_file, path)
