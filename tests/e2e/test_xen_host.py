@@ -116,7 +116,8 @@ async def rfb_banner_through_console(url: str, session: str, console: str) -> by
 
 def test_pvh_vm_with_a_qcow2_disk_and_a_vnc_console(xen_host: XenHost, session: Any, xapi: Any) -> None:  # noqa: F811
     """PVH, a disk from the default SR (qcow2 files: libxl's qdisk backend, QEMU in dom0) hot-plugged
-    into the running guest, and the guest's VNC console (its PV framebuffer) through the API."""
+    into the running guest, snapshotted live and grown online, and the guest's VNC console (its PV
+    framebuffer) through the API."""
     template = next(t for t in xapi.VM.get_by_name_label("pyxapi test guest") if xapi.VM.get_is_a_template(t))
     vm = xapi.VM.clone(template, "xen-e2e-pvh")
     xapi.VM.set_domain_type(vm, "pvh")
@@ -143,6 +144,14 @@ def test_pvh_vm_with_a_qcow2_disk_and_a_vnc_console(xen_host: XenHost, session: 
         # The disk is a qcow2 file, served by the domain's QEMU (qdisk), not by blkback.
         backends = xen_host.run(f"xenstore-ls /local/domain/0/backend/qdisk/{domid}", timeout=60)
         assert backends.rc == 0 and 'params = "qcow2:' in backends.out, backends.out[:2000]
+        # A live, crash-consistent snapshot and an online resize: QEMU in dom0 switches the disk
+        # onto its new overlay and grows it while the guest runs.
+        snap = xapi.VM.snapshot(vm, "xen-e2e-live", [])
+        assert xapi.VM.get_power_state(vm) == "Running" and xapi.VM.get_is_a_snapshot(snap)
+        xapi.VDI.resize_online(vdi, str(32 << 20))
+        assert int(xapi.VDI.get_virtual_size(vdi)) == 32 << 20
+        sectors = xen_host.run(f"xenstore-read /local/domain/0/backend/qdisk/{domid}/51728/sectors", timeout=60)
+        assert sectors.out.strip() == str((32 << 20) // 512), sectors.out
         consoles = {xapi.console.get_protocol(c): c for c in xapi.VM.get_consoles(vm)}
         assert "rfb" in consoles, consoles
         banner = asyncio.run(rfb_banner_through_console(xen_host.url, session._session, consoles["rfb"]))
@@ -152,6 +161,10 @@ def test_pvh_vm_with_a_qcow2_disk_and_a_vnc_console(xen_host: XenHost, session: 
         wait_for(xapi, vm, lambda r: r["power_state"] == "Halted", 120)
         gone = xen_host.run(f"xl list {domid}", timeout=60)
         assert gone.rc != 0, gone.out
+        for snap_vbd in xapi.VM.get_VBDs(snap):
+            if xapi.VBD.get_type(snap_vbd) == "Disk":
+                xapi.VDI.destroy(xapi.VBD.get_VDI(snap_vbd))
+        xapi.VM.destroy(snap)
     finally:
         with contextlib.suppress(Exception):
             xapi.VM.hard_shutdown(vm)

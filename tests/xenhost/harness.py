@@ -118,6 +118,16 @@ class XenHarness:
         out = await self._sh(uuid, "[ -b /dev/xvdb ] && head -c 16 /dev/xvdb || echo @@NONE")
         return None if "@@NONE" in out else out
 
+    async def guest_fill_disk(self, uuid: str, byte: int) -> None:
+        await self._sh(
+            uuid,
+            f"head -c 512 /dev/zero | tr '\\000' '\\{byte:03o}' | dd of=/dev/xvdb bs=512 count=1"
+            " conv=fsync 2>/dev/null; sync",
+        )
+
+    async def guest_disk_size(self, uuid: str) -> int:
+        return int((await self._sh(uuid, "cat /sys/block/xvdb/size")).strip()) * 512
+
     async def guest_ignore_acpi(self, uuid: str) -> None:
         # The PV shutdown request runs the guest's /sbin/poweroff: make it do nothing.
         await self._sh(uuid, "printf '#!/bin/sh\\nexit 0\\n' > /sbin/poweroff")

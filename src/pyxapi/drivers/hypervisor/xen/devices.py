@@ -15,6 +15,7 @@ import os
 import subprocess
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ from pyxapi.drivers.hypervisor.base import (
     check_disk,
     check_nic,
 )
-from pyxapi.drivers.hypervisor.xen import domxml, qdisk
+from pyxapi.drivers.hypervisor.xen import domxml, qdisk, qdisk_live
 
 if TYPE_CHECKING:
     from pyxapi.drivers.hypervisor.xen.domain import XenDomain
@@ -140,7 +141,41 @@ async def unplug_disk(drv: XenDriver, d: XenDomain, device: int) -> None:
     if disk.path is not None:
         await _detach(drv, d, domxml.disk_xml(disk, _kind(d)), f"unplug disk {device}")
         await _wait_device_gone(drv, d, domxml.disk_target(device))
+        if disk.format == "qcow2":
+            await qdisk_live.release(d.domid, domxml.disk_target(device))
     _update(d, disks=tuple(x for x in d.spec.disks if x.device != device))
+
+
+def _live_qcow2(d: XenDomain, device: int) -> DiskSpec:
+    disk = next((x for x in d.spec.disks if x.device == device and not x.is_cdrom), None)
+    if disk is None:
+        raise DeviceError(f"no disk device {device}")
+    if disk.format != "qcow2":
+        raise DeviceError(f"disk {device} is {disk.format} (blkback): only qcow2 disks (qdisk) change while in use")
+    return disk
+
+
+async def switch_disks(d: XenDomain, disks: Sequence[DiskSpec]) -> None:
+    """LiveDiskDriver.switch_disks for qcow2 disks (see qdisk_live)."""
+    if len({x.device for x in disks}) != len(disks):
+        raise InvalidArgument("a disk may be switched only once per call")
+    for disk in disks:
+        _live_qcow2(d, disk.device)
+        if disk.is_cdrom or disk.format != "qcow2" or disk.path is None:
+            raise DeviceError(f"disk {disk.device}: only a qcow2 overlay can take over a running disk")
+    await qdisk_live.switch(d.domid, [(domxml.disk_target(x.device), str(x.path)) for x in disks])
+    by_device = {x.device: x for x in disks}
+    disks_now = tuple(
+        dataclasses.replace(x, path=by_device[x.device].path) if x.device in by_device else x for x in d.spec.disks
+    )
+    _update(d, disks=disks_now)
+
+
+async def resize_disk(d: XenDomain, device: int, size: int) -> None:
+    disk = _live_qcow2(d, device)
+    if disk.read_only:
+        raise DeviceError(f"disk {device} is read-only")
+    await qdisk_live.resize(d.domid, domxml.disk_target(device), size)
 
 
 async def _wait_device_gone(drv: XenDriver, d: XenDomain, target: str, timeout: float = 30.0) -> None:

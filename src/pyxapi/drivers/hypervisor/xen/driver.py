@@ -22,6 +22,7 @@ import contextlib
 import logging
 import string
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from pyxapi.drivers.hypervisor.base import (
     InvalidArgument,
     InvalidDomainState,
     NicSpec,
+    NotSupported,
     StartError,
 )
 from pyxapi.drivers.hypervisor.events import EventHub, EventStream
@@ -53,6 +55,7 @@ from pyxapi.drivers.hypervisor.xen import host as xhost
 from pyxapi.drivers.hypervisor.xen.conn import LibvirtConnection, LifecycleEvent
 from pyxapi.drivers.hypervisor.xen.domain import XenDomain
 from pyxapi.drivers.hypervisor.xen.relay import PtyRelay, TcpRelay
+from pyxapi.drivers.storage.durable import fsync_new_file
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,8 @@ class XenDriver:
             Capability.STATS, Capability.ADOPT,
         }  # fmt: skip
         if self.device_model:
-            caps.add(Capability.VNC_CONSOLE)  # HVM guests: the device model's VNC server
+            # Every guest's VNC server, and live changes to qcow2 disks: both are the device model's.
+            caps |= {Capability.VNC_CONSOLE, Capability.LIVE_DISK_SNAPSHOT, Capability.DISK_RESIZE_ONLINE}
         return frozenset(caps)
 
     # ------------------------------------------------------------ helpers
@@ -407,6 +411,10 @@ class XenDriver:
             except (self.lv.libvirtError, TimeoutError) as e:
                 d.requested = None
                 raise HypervisorError(f"domain {uuid}: suspend failed: {e or 'timed out'}") from None
+            try:  # the guest's memory exists only in this image now: on stable storage before success
+                await asyncio.to_thread(fsync_new_file, image_path)
+            except OSError as e:
+                log.error("domain %s: suspend image %s could not be synced: %s", uuid, image_path, e)
             await self._finish(d, ExitReason.SUSPENDED, True, "saved")
 
     # ------------------------------------------------------------ contract: devices
@@ -430,6 +438,20 @@ class XenDriver:
         d = self._get(uuid)
         async with d.lock:
             await devices.unplug_disk(self, d, device)
+
+    async def switch_disks(self, uuid: str, disks: Sequence[DiskSpec]) -> None:
+        d = self._get(uuid)
+        async with d.lock:
+            await devices.switch_disks(d, disks)
+
+    async def resize_disk(self, uuid: str, device: int, size: int) -> None:
+        d = self._get(uuid)
+        async with d.lock:
+            await devices.resize_disk(d, device, size)
+
+    async def save_memory(self, uuid: str, image_path: str, *, timeout: float = 300.0) -> None:
+        # libvirt's libxl driver saves a domain only by stopping it (no live checkpoint).
+        raise NotSupported(Capability.CHECKPOINT, "the xen driver cannot save a domain's memory and keep it")
 
     async def set_cdrom(self, uuid: str, device: int, path: str | None) -> None:
         d = self._get(uuid)
