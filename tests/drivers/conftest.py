@@ -10,11 +10,13 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.drivers.storage_fixtures import Harness, file_harness
 
 REPO = Path(__file__).resolve().parents[2]
 HV_GUEST_SCRIPT = REPO / "images" / "build-test-guest"
@@ -110,3 +112,10 @@ async def hv_serial_send(socket_path: str, command: str) -> None:
         await asyncio.sleep(0.2)  # let QEMU pass it to the guest before we hang up
     finally:
         writer.close()
+
+
+@pytest.fixture
+async def fh(tmp_path: Path) -> AsyncIterator[Harness]:
+    """A file SR of its own in tmp_path, for the file driver's tests."""
+    async for h in file_harness(tmp_path):
+        yield h

@@ -28,6 +28,7 @@ import pytest
 from pyxapi.drivers.hypervisor.qemu_cmdline import protocol_node
 from pyxapi.drivers.storage import make_driver
 from pyxapi.drivers.storage.base import Capability, SRHandle, StorageDriver
+from pyxapi.drivers.storage.file import FileStorageDriver
 from pyxapi.drivers.storage.sim import SimStorageDriver
 from tests.drivers.iscsi_target import IscsiTarget
 from tests.drivers.nfs_server import NfsServer, TestNetns
@@ -133,6 +134,17 @@ async def make_vdi(h: Harness, size: int = 64 * MiB, fmt: str | None = None) -> 
 
 
 # ------------------------------------------------------------------------------- shared servers
+
+
+async def file_harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """A file SR in tmp_path (conftest's `fh` fixture: the file driver's own tests use it)."""
+    driver = FileStorageDriver()
+    root = tmp_path / "sr"
+    sr = SRHandle(new_uuid(), {"location": str(root)})
+    await driver.create_sr(sr.device_config, sr.uuid)
+    await driver.attach_sr(sr)
+    (tmp_path / "work").mkdir()
+    yield Harness("file", driver, sr, root, tmp_path / "work")
 
 
 @pytest.fixture(scope="module")

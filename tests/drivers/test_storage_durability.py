@@ -26,8 +26,6 @@ from typing import Any
 import pytest
 
 from pyxapi.drivers.storage import durable, qemuimg
-from pyxapi.drivers.storage.base import SRHandle
-from pyxapi.drivers.storage.file import FileStorageDriver
 from tests.drivers.iscsi_target import IscsiTarget
 from tests.drivers.pagecache import dirty_pages
 from tests.drivers.storage_fixtures import (  # noqa: F401 - nfs_share/iscsi_portal/qemu_utils: fixtures
@@ -47,17 +45,6 @@ from tests.drivers.syscall_log import Syscalls, inodes
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Syscalls]:
     yield Syscalls(monkeypatch)
-
-
-@pytest.fixture
-async def fh(tmp_path: Path) -> AsyncIterator[Harness]:
-    driver = FileStorageDriver()
-    root = tmp_path / "sr"
-    sr = SRHandle(new_uuid(), {"location": str(root)})
-    await driver.create_sr(sr.device_config, sr.uuid)
-    await driver.attach_sr(sr)
-    (tmp_path / "work").mkdir()
-    yield Harness("file", driver, sr, root, tmp_path / "work")
 
 
 def image(tmp: Path, fmt: str, size: int = 8 * MiB, seed: int = 1) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -35,17 +34,6 @@ CREATE = Capability.VDI_CREATE
 
 
 # ---------------------------------------------------------------------------------- file specifics
-
-
-@pytest.fixture
-async def fh(tmp_path: Path) -> AsyncIterator[Harness]:
-    driver = FileStorageDriver()
-    root = tmp_path / "sr"
-    sr = SRHandle(new_uuid(), {"location": str(root)})
-    await driver.create_sr(sr.device_config, sr.uuid)
-    await driver.attach_sr(sr)
-    (tmp_path / "work").mkdir()
-    yield Harness("file", driver, sr, root, tmp_path / "work")
 
 
 async def test_file_clone_chain_on_disk(fh: Harness) -> None:
