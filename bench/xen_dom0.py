@@ -2,7 +2,7 @@
 
 Times, in the same dom0 and alternating, the Xen flavour of the test guest started two ways:
 * pyxapi: XenAPI VM.start (a PV VM cloned from the "pyxapi test guest" template), and
-* xl: `xl create` of the same kernel, initrd, command line, memory and vCPUs.
+* xl: `xl create` of the same kernel, initrd, command line, memory, vCPUs and VNC framebuffer.
 "Ready" is the guest's `GUEST READY` line in its console log, which xenconsoled writes for both.
 Prints one JSON object: the per-run milliseconds of both sides.
 """
@@ -65,6 +65,8 @@ def main() -> None:
     cfg.write_text(
         f'name = "bench-xl"\ntype = "pv"\nkernel = "{GUEST / "vmlinuz"}"\nramdisk = "{GUEST / "initrd.img"}"\n'
         f'extra = "{ARGS}"\nmemory = {memory}\nvcpus = 1\non_poweroff = "destroy"\non_reboot = "destroy"\n'
+        # pyxapi gives every guest a VNC framebuffer where the device model exists: the same here.
+        'vfb = ["vnc=1,vnclisten=127.0.0.1"]\n'
     )
     xl_log = LOGS / "guest-bench-xl.log"
     api_ms: list[float] = []
