@@ -165,7 +165,54 @@ class SimHarness(Harness):
         self.driver.simulate_exit(uuid, ExitReason.CRASH, "guest-panic")
 
 
-class QemuHarness(Harness):
+class ShellGuest(Harness):
+    """The guest's part played through the test guest's serial shell: shared by the QEMU and Xen
+    harnesses, which differ in how the shell is reached (_sh) and in the name of the data disk."""
+
+    data_disk = "vda"
+    driver: Any
+
+    async def _sh(self, uuid: str, command: str, timeout: float = 30.0) -> str:
+        raise NotImplementedError
+
+    async def guest_write(self, uuid: str, path: str, data: str) -> None:
+        await self._sh(uuid, f"echo '{data}' > {path}")
+
+    async def guest_read(self, uuid: str, path: str) -> str | None:
+        out = await self._sh(uuid, f"cat {path} 2>/dev/null || echo @@NONE")
+        return None if "@@NONE" in out else out.strip()
+
+    async def guest_online_vcpus(self, uuid: str) -> int:
+        out = (await self._sh(uuid, "cat /sys/devices/system/cpu/online")).strip().splitlines()[-1]
+        count = 0
+        for part in out.split(","):
+            lo, _, hi = part.partition("-")
+            count += int(hi or lo) - int(lo) + 1
+        return count
+
+    async def guest_sees_disk(self, uuid: str) -> str | None:
+        dev = f"/dev/{self.data_disk}"
+        out = await self._sh(uuid, f"[ -b {dev} ] && head -c 16 {dev} || echo @@NONE")
+        return None if "@@NONE" in out else out
+
+    async def guest_fill_disk(self, uuid: str, byte: int) -> None:
+        await self._sh(
+            uuid,
+            f"head -c 512 /dev/zero | tr '\\000' '\\{byte:03o}' | dd of=/dev/{self.data_disk} bs=512 count=1"
+            " conv=fsync 2>/dev/null; sync",
+        )
+
+    async def guest_disk_size(self, uuid: str) -> int:
+        return int((await self._sh(uuid, f"cat /sys/block/{self.data_disk}/size")).strip()) * 512
+
+    async def guest_poweroff(self, uuid: str) -> None:
+        await hv_serial_send((await self.driver.console(uuid)).serial_socket, "poweroff -f")
+
+    async def guest_reboot(self, uuid: str) -> None:
+        await hv_serial_send((await self.driver.console(uuid)).serial_socket, "reboot -f")
+
+
+class QemuHarness(ShellGuest):
     kind = "qemu"
     expects_vnc = True
 
@@ -207,43 +254,8 @@ class QemuHarness(Harness):
                     raise
                 await asyncio.sleep(0.5)
 
-    async def guest_write(self, uuid: str, path: str, data: str) -> None:
-        await self._sh(uuid, f"echo '{data}' > {path}")
-
-    async def guest_read(self, uuid: str, path: str) -> str | None:
-        out = await self._sh(uuid, f"cat {path} 2>/dev/null || echo @@NONE")
-        return None if "@@NONE" in out else out.strip()
-
-    async def guest_online_vcpus(self, uuid: str) -> int:
-        out = (await self._sh(uuid, "cat /sys/devices/system/cpu/online")).strip()
-        count = 0
-        for part in out.split(","):
-            lo, _, hi = part.partition("-")
-            count += int(hi or lo) - int(lo) + 1
-        return count
-
-    async def guest_sees_disk(self, uuid: str) -> str | None:
-        out = await self._sh(uuid, "[ -b /dev/vda ] && head -c 16 /dev/vda || echo @@NONE")
-        return None if "@@NONE" in out else out
-
     async def guest_ignore_acpi(self, uuid: str) -> None:
         await self._sh(uuid, "killall acpid")
-
-    async def guest_fill_disk(self, uuid: str, byte: int) -> None:
-        await self._sh(
-            uuid,
-            f"head -c 512 /dev/zero | tr '\\000' '\\{byte:03o}' | dd of=/dev/vda bs=512 count=1"
-            " conv=fsync 2>/dev/null; sync",
-        )
-
-    async def guest_disk_size(self, uuid: str) -> int:
-        return int((await self._sh(uuid, "cat /sys/block/vda/size")).strip()) * 512
-
-    async def guest_poweroff(self, uuid: str) -> None:
-        await hv_serial_send((await self.driver.console(uuid)).serial_socket, "poweroff -f")
-
-    async def guest_reboot(self, uuid: str) -> None:
-        await hv_serial_send((await self.driver.console(uuid)).serial_socket, "reboot -f")
 
     async def kill(self, uuid: str) -> None:
         info = await self.driver.info(uuid)

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.drivers.hypervisor_harness import ShellGuest
+
 MiB = 1 << 20
 READY_TIMEOUT = 180.0  # a PV guest under nested TCG: ~5-20 s when the machine is not loaded
 GUEST_DIR = Path(os.environ.get("PYXAPI_XEN_GUEST", "/opt/pyxapi/guest"))
@@ -39,8 +41,9 @@ def xen_contract_params() -> list[Any]:
     return [pytest.param(kind, marks=pytest.mark.slow) for kind in kinds]
 
 
-class XenHarness:
+class XenHarness(ShellGuest):
     kind = "xen"
+    data_disk = "xvdb"  # userdevice 1: a Xen PV disk
     reboot_keeps_domid = False  # Xen rebuilds a rebooted domain (as xapi's VM.clean_reboot does)
     shared: Any = None
 
@@ -99,48 +102,9 @@ class XenHarness:
                     raise
             await asyncio.sleep(0.5)
 
-    async def guest_write(self, uuid: str, path: str, data: str) -> None:
-        await self._sh(uuid, f"echo '{data}' > {path}")
-
-    async def guest_read(self, uuid: str, path: str) -> str | None:
-        out = await self._sh(uuid, f"cat {path} 2>/dev/null || echo @@NONE")
-        return None if "@@NONE" in out else out.strip()
-
-    async def guest_online_vcpus(self, uuid: str) -> int:
-        out = (await self._sh(uuid, "cat /sys/devices/system/cpu/online")).strip().splitlines()[-1]
-        count = 0
-        for part in out.split(","):
-            lo, _, hi = part.partition("-")
-            count += int(hi or lo) - int(lo) + 1
-        return count
-
-    async def guest_sees_disk(self, uuid: str) -> str | None:
-        out = await self._sh(uuid, "[ -b /dev/xvdb ] && head -c 16 /dev/xvdb || echo @@NONE")
-        return None if "@@NONE" in out else out
-
-    async def guest_fill_disk(self, uuid: str, byte: int) -> None:
-        await self._sh(
-            uuid,
-            f"head -c 512 /dev/zero | tr '\\000' '\\{byte:03o}' | dd of=/dev/xvdb bs=512 count=1"
-            " conv=fsync 2>/dev/null; sync",
-        )
-
-    async def guest_disk_size(self, uuid: str) -> int:
-        return int((await self._sh(uuid, "cat /sys/block/xvdb/size")).strip()) * 512
-
     async def guest_ignore_acpi(self, uuid: str) -> None:
         # The PV shutdown request runs the guest's /sbin/poweroff: make it do nothing.
         await self._sh(uuid, "printf '#!/bin/sh\\nexit 0\\n' > /sbin/poweroff")
-
-    async def guest_poweroff(self, uuid: str) -> None:
-        from tests.drivers.conftest import hv_serial_send
-
-        await hv_serial_send((await self.driver.console(uuid)).serial_socket, "poweroff -f")
-
-    async def guest_reboot(self, uuid: str) -> None:
-        from tests.drivers.conftest import hv_serial_send
-
-        await hv_serial_send((await self.driver.console(uuid)).serial_socket, "reboot -f")
 
     async def kill(self, uuid: str) -> None:
         """The domain vanishes behind the toolstack's back, as a QEMU killed with SIGKILL does: a

@@ -195,7 +195,10 @@ async def _wait_device_gone(drv: XenDriver, d: XenDomain, target: str, timeout: 
 # fine. So an HVM guest's empty drives start with an empty placeholder file, ejected at once.
 
 
-def placeholder_media(d: XenDomain) -> Path:
+def placeholder_media(d: XenDomain) -> Path | None:
+    """The placeholder file for the domain's empty HVM CD-ROM drives; None when it has none."""
+    if not _empty_hvm_drives(d):
+        return None
     path = d.empty_media
     if not path.exists():
         d.dir.mkdir(parents=True, exist_ok=True)

@@ -294,12 +294,13 @@ class XenDriver:
             self._starting.discard(spec.uuid)
 
     def _domain_xml(self, d: XenDomain) -> str:
+        placeholder = devices.placeholder_media(d)
         return domxml.build_domain_xml(
             d.spec,
             d.bridges,
             bootloader_path=self.pygrub,
             device_model=self.device_model,
-            empty_media=str(devices.placeholder_media(d)),
+            empty_media=str(placeholder) if placeholder else None,
         )
 
     async def _boot(self, d: XenDomain, xml: str, *, paused: bool, image: str | None) -> None:

@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
-from pyxapi.drivers.hypervisor.base import DiskStats
+from pyxapi.drivers.hypervisor.base import DeviceError, DiskStats
 
 log = logging.getLogger(__name__)
 
 STATS_SOCKET_DIR = Path("/var/run/xen")
+QMP_TIMEOUT = 10.0
 
 
 def stats_socket(domid: int, directory: Path = STATS_SOCKET_DIR) -> Path:
@@ -46,20 +48,31 @@ def parse_blockstats(reply: list[dict[str, Any]]) -> dict[str, DiskStats]:
     return out
 
 
-async def block_stats(domid: int, *, timeout: float = 10.0, directory: Path = STATS_SOCKET_DIR) -> dict[str, DiskStats]:
-    """The qdisk disks' counters of one domain; empty when it has no QEMU (or it does not answer)."""
+@contextlib.asynccontextmanager
+async def monitor(domid: int, directory: Path = STATS_SOCKET_DIR) -> AsyncIterator[QMPClient]:
+    """A QMP connection to the domain's QEMU on its statistics socket; DeviceError if there is none."""
     path = stats_socket(domid, directory)
     if not path.exists():
-        return {}
-    client = QMPClient(f"pyxapi-stats-{domid}")
+        raise DeviceError(f"domain {domid} has no device model (QEMU in dom0)")
+    client = QMPClient(f"pyxapi-qdisk-{domid}")
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(QMP_TIMEOUT):
             await client.connect(str(path))
-            reply = await client.execute("query-blockstats")
-    except (QMPError, OSError, TimeoutError, EOFError) as e:
-        log.debug("qdisk stats of domain %d: %s", domid, e)
-        return {}
+    except (QMPError, OSError, TimeoutError) as e:
+        raise DeviceError(f"domain {domid}: cannot reach its device model: {e}") from None
+    try:
+        yield client
     finally:
         with contextlib.suppress(Exception):
             await client.disconnect()
+
+
+async def block_stats(domid: int, *, directory: Path = STATS_SOCKET_DIR) -> dict[str, DiskStats]:
+    """The qdisk disks' counters of one domain; empty when it has no QEMU (or it does not answer)."""
+    try:
+        async with monitor(domid, directory) as client, asyncio.timeout(QMP_TIMEOUT):
+            reply = await client.execute("query-blockstats")
+    except (DeviceError, QMPError, OSError, TimeoutError, EOFError) as e:
+        log.debug("qdisk stats of domain %d: %s", domid, e)
+        return {}
     return parse_blockstats(reply if isinstance(reply, list) else [])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from qemu.qmp import QMPClient
@@ -26,27 +26,9 @@ from qemu.qmp.error import QMPError
 from qemu.qmp.qmp_client import ExecuteError
 
 from pyxapi.drivers.hypervisor.base import DeviceError, InvalidArgument
-from pyxapi.drivers.hypervisor.xen.qdisk import stats_socket
+from pyxapi.drivers.hypervisor.xen.qdisk import monitor
 
 QMP_TIMEOUT = 30.0
-
-
-@contextlib.asynccontextmanager
-async def monitor(domid: int) -> AsyncIterator[QMPClient]:
-    path = stats_socket(domid)
-    if not path.exists():
-        raise DeviceError(f"domain {domid} has no device model to change its qcow2 disks")
-    client = QMPClient(f"pyxapi-disks-{domid}")
-    try:
-        async with asyncio.timeout(QMP_TIMEOUT):
-            await client.connect(str(path))
-    except (QMPError, OSError, TimeoutError) as e:
-        raise DeviceError(f"domain {domid}: cannot reach its device model: {e}") from None
-    try:
-        yield client
-    finally:
-        with contextlib.suppress(Exception):
-            await client.disconnect()
 
 
 async def _execute(client: QMPClient, command: str, arguments: dict[str, Any] | None = None) -> Any:
