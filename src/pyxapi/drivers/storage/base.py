@@ -58,6 +58,37 @@ class Capability(StrEnum):
     THIN_PROVISIONING = "THIN_PROVISIONING"
 
 
+# Capability sets the shipped drivers are made of.
+SR_LIFECYCLE: frozenset[str] = frozenset(
+    {Capability.SR_SCAN, Capability.SR_ATTACH, Capability.SR_DETACH, Capability.SR_UPDATE}
+)
+"""An SR that is plugged, scanned and renamed."""
+
+VDI_RECORDS: frozenset[str] = frozenset(
+    {Capability.VDI_ATTACH, Capability.VDI_DETACH, Capability.VDI_INTRODUCE, Capability.VDI_UPDATE}
+)
+"""VDIs found on the SR (made by someone else or by this driver) that VMs can use."""
+
+IMAGE_SR: frozenset[str] = (
+    SR_LIFECYCLE
+    | VDI_RECORDS
+    | {
+        Capability.SR_PROBE,
+        Capability.VDI_CREATE,
+        Capability.VDI_DELETE,
+        Capability.VDI_CLONE,
+        Capability.VDI_SNAPSHOT,
+        Capability.VDI_RESIZE,
+        Capability.VDI_RESIZE_ONLINE,
+        Capability.VDI_IMPORT,
+        Capability.VDI_EXPORT,
+        Capability.VDI_COPY,
+        Capability.THIN_PROVISIONING,
+    }
+)
+"""Image files with backing chains (file, nfs, sim): everything a XenServer EXT/NFS SR does."""
+
+
 ImageFormat = Literal["raw", "vhd", "qcow2"]
 """Wire formats for import/export (the `image_format_type` enum of the datamodel)."""
 

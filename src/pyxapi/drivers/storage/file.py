@@ -19,9 +19,9 @@ from pathlib import Path
 
 from . import durable, qemuimg
 from .base import (
+    IMAGE_SR,
     AttachInfo,
     BackendFailure,
-    Capability,
     CloneResult,
     DataSource,
     ImageFormat,
@@ -81,29 +81,7 @@ MAX_VIRTUAL_SIZE = 64 * 1024**4
 
 class FileStorageDriver:
     sr_type = "file"
-    capabilities: frozenset[str] = frozenset(
-        {
-            Capability.SR_PROBE,
-            Capability.SR_UPDATE,
-            Capability.SR_SCAN,
-            Capability.SR_ATTACH,
-            Capability.SR_DETACH,
-            Capability.VDI_CREATE,
-            Capability.VDI_DELETE,
-            Capability.VDI_ATTACH,
-            Capability.VDI_DETACH,
-            Capability.VDI_CLONE,
-            Capability.VDI_SNAPSHOT,
-            Capability.VDI_RESIZE,
-            Capability.VDI_RESIZE_ONLINE,
-            Capability.VDI_INTRODUCE,
-            Capability.VDI_UPDATE,
-            Capability.VDI_IMPORT,
-            Capability.VDI_EXPORT,
-            Capability.VDI_COPY,
-            Capability.THIN_PROVISIONING,
-        }
-    )
+    capabilities: frozenset[str] = IMAGE_SR
     configuration: Mapping[str, str] = {"location": "Absolute path of the local directory holding the disk images"}
     required_device_config: frozenset[str] = frozenset({"location"})
     sm_info = SMInfo(

@@ -26,13 +26,13 @@ from pathlib import Path
 
 from . import qemuimg
 from .base import (
+    SR_LIFECYCLE,
+    VDI_RECORDS,
     AttachInfo,
     BackendFailure,
     Capability,
-    CloneResult,
     DataSource,
     ImageFormat,
-    OperationNotSupported,
     ProbeResult,
     ProgressFn,
     SMError,
@@ -42,7 +42,6 @@ from .base import (
     SRInUse,
     SRNotAttached,
     UnsafePath,
-    VdiFormat,
     VDIInfo,
     VDIInUse,
     VDIMissing,
@@ -50,6 +49,7 @@ from .base import (
     VDITooSmall,
     check_image_format,
 )
+from .fixed import FixedVdis
 from .iscsi_client import (
     FailureWithOutput,
     IscsiConfig,
@@ -76,22 +76,10 @@ def check_location(location: str) -> int:
     return int(m.group(1))
 
 
-class IscsiStorageDriver:
+class IscsiStorageDriver(FixedVdis):
     sr_type = "iscsi"
-    capabilities: frozenset[str] = frozenset(
-        {
-            Capability.SR_PROBE,
-            Capability.SR_SCAN,
-            Capability.SR_ATTACH,
-            Capability.SR_DETACH,
-            Capability.SR_UPDATE,
-            Capability.VDI_ATTACH,
-            Capability.VDI_DETACH,
-            Capability.VDI_INTRODUCE,
-            Capability.VDI_UPDATE,
-            Capability.VDI_IMPORT,
-            Capability.VDI_EXPORT,
-        }
+    capabilities: frozenset[str] = (
+        SR_LIFECYCLE | VDI_RECORDS | {Capability.SR_PROBE, Capability.VDI_IMPORT, Capability.VDI_EXPORT}
     )
     configuration: Mapping[str, str] = {
         "target": "IP address or hostname of the iSCSI target (required)",
@@ -216,30 +204,6 @@ class IscsiStorageDriver:
         cfg, lun = await self._lun(sr, location)
         return self._info(cfg, lun)
 
-    async def create_vdi(
-        self, sr: SRHandle, vdi_uuid: str, virtual_size: int, format: VdiFormat | None = None
-    ) -> VDIInfo:
-        raise OperationNotSupported(sr.uuid, "VDI_CREATE")
-
-    async def destroy_vdi(self, sr: SRHandle, location: str) -> None:
-        check_location(location)
-        raise OperationNotSupported(sr.uuid, "VDI_DELETE")
-
-    async def clone_vdi(self, sr: SRHandle, location: str, new_uuid: str) -> CloneResult:
-        check_location(location)
-        raise OperationNotSupported(sr.uuid, "VDI_CLONE")
-
-    async def snapshot_vdi(self, sr: SRHandle, location: str, new_uuid: str) -> CloneResult:
-        check_location(location)
-        raise OperationNotSupported(sr.uuid, "VDI_SNAPSHOT")
-
-    async def resize_vdi(self, sr: SRHandle, location: str, new_size: int, online: bool = False) -> VDIInfo:
-        check_location(location)
-        raise OperationNotSupported(sr.uuid, "VDI_RESIZE")
-
-    async def coalesce(self, sr: SRHandle) -> list[str]:
-        return []  # no chains on raw LUNs
-
     async def attach_vdi(self, sr: SRHandle, location: str, read_only: bool = False) -> AttachInfo:
         cfg, lun = await self._lun(sr, location)
         if cfg.chapuser:
@@ -290,17 +254,6 @@ class IscsiStorageDriver:
                 raise BackendFailure(SMError.EIO, exc.stderr.replace(cfg.chappassword or "\0", "***")) from None
         return self._info(cfg, lun)
 
-    async def import_new_vdi(
-        self,
-        sr: SRHandle,
-        vdi_uuid: str,
-        source: DataSource,
-        format: ImageFormat,
-        vdi_format: VdiFormat | None = None,
-        progress: ProgressFn | None = None,
-    ) -> VDIInfo:
-        raise OperationNotSupported(sr.uuid, "VDI_CREATE")
-
     async def export_data(
         self,
         sr: SRHandle,
@@ -322,16 +275,6 @@ class IscsiStorageDriver:
             raise BackendFailure(SMError.EIO, exc.stderr.replace(cfg.chappassword or "\0", "***")) from None
         return dest.stat().st_size
 
-    async def copy_vdi(
-        self,
-        sr: SRHandle,
-        location: str,
-        dest_sr: SRHandle,
-        new_uuid: str,
-        progress: ProgressFn | None = None,
-    ) -> VDIInfo:
-        check_location(location)
-        raise OperationNotSupported(dest_sr.uuid, "VDI_CREATE")
 
 
 async def _zero(url: str, offset: int, length: int) -> None:

@@ -13,14 +13,14 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
 
 from . import qemuimg
 from .base import (
+    SR_LIFECYCLE,
+    VDI_RECORDS,
     AttachInfo,
     BackendFailure,
     Capability,
-    CloneResult,
     DataSource,
     ImageFormat,
     OperationNotSupported,
@@ -33,33 +33,21 @@ from .base import (
     SRInUse,
     SRNotAttached,
     UnsafePath,
-    VdiFormat,
     VDIInfo,
     VDIMissing,
     VDIReadOnly,
     VDITooLarge,
     check_image_format,
 )
+from .fixed import FixedVdis
 from .paths import check_library_name, device_config_dir, fs_space, inside
 
 SUFFIX = ".iso"
 
 
-class IsoStorageDriver:
+class IsoStorageDriver(FixedVdis):
     sr_type = "iso"
-    capabilities: frozenset[str] = frozenset(
-        {
-            Capability.SR_SCAN,
-            Capability.SR_ATTACH,
-            Capability.SR_DETACH,
-            Capability.SR_UPDATE,
-            Capability.VDI_ATTACH,
-            Capability.VDI_DETACH,
-            Capability.VDI_INTRODUCE,
-            Capability.VDI_UPDATE,
-            Capability.VDI_EXPORT,
-        }
-    )
+    capabilities: frozenset[str] = SR_LIFECYCLE | VDI_RECORDS | {Capability.VDI_EXPORT}
     configuration: Mapping[str, str] = {"location": "Absolute path of an existing local directory of .iso files"}
     required_device_config: frozenset[str] = frozenset({"location"})
     sm_info = SMInfo(
@@ -130,9 +118,6 @@ class IsoStorageDriver:
         else:
             self._readers.pop(key, None)
 
-    async def coalesce(self, sr: SRHandle) -> list[str]:
-        return []  # no chains in a library
-
     async def export_data(
         self,
         sr: SRHandle,
@@ -151,25 +136,6 @@ class IsoStorageDriver:
             raise BackendFailure(SMError.EIO, exc.stderr) from None
         return os.path.getsize(dest)
 
-    # A library is read-only: every writing operation is refused the same way.
-
-    async def create_vdi(
-        self, sr: SRHandle, vdi_uuid: str, virtual_size: int, format: VdiFormat | None = None
-    ) -> VDIInfo:
-        self._refuse(sr, "vdi_create")
-
-    async def destroy_vdi(self, sr: SRHandle, location: str) -> None:
-        self._refuse(sr, "vdi_destroy")
-
-    async def clone_vdi(self, sr: SRHandle, location: str, new_uuid: str) -> CloneResult:
-        self._refuse(sr, "vdi_clone")
-
-    async def snapshot_vdi(self, sr: SRHandle, location: str, new_uuid: str) -> CloneResult:
-        self._refuse(sr, "vdi_snapshot")
-
-    async def resize_vdi(self, sr: SRHandle, location: str, new_size: int, online: bool = False) -> VDIInfo:
-        self._refuse(sr, "vdi_resize")
-
     async def import_data(
         self,
         sr: SRHandle,
@@ -178,34 +144,10 @@ class IsoStorageDriver:
         format: ImageFormat,
         progress: ProgressFn | None = None,
     ) -> VDIInfo:
-        self._refuse(sr, "vdi_import")
-
-    async def import_new_vdi(
-        self,
-        sr: SRHandle,
-        vdi_uuid: str,
-        source: DataSource,
-        format: ImageFormat,
-        vdi_format: VdiFormat | None = None,
-        progress: ProgressFn | None = None,
-    ) -> VDIInfo:
-        self._refuse(sr, "vdi_create")
-
-    async def copy_vdi(
-        self,
-        sr: SRHandle,
-        location: str,
-        dest_sr: SRHandle,
-        new_uuid: str,
-        progress: ProgressFn | None = None,
-    ) -> VDIInfo:
-        # Copying *out* of a library goes through export + import into a writable SR (ops does that).
-        self._refuse(dest_sr, "vdi_copy")
+        # a library is read-only (the VDI-changing calls are refused by FixedVdis)
+        raise OperationNotSupported(sr.uuid, Capability.VDI_IMPORT)
 
     # ------------------------------------------------------------------------------------- internals
-
-    def _refuse(self, sr: SRHandle, operation: str) -> NoReturn:
-        raise OperationNotSupported(sr.uuid, operation)
 
     def _library(self, device_config: Mapping[str, str]) -> str:
         root = device_config_dir(

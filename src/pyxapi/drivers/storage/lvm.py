@@ -22,10 +22,8 @@ from .base import (
     AttachInfo,
     BackendFailure,
     Capability,
-    CloneResult,
     DataSource,
     ImageFormat,
-    OperationNotSupported,
     ProbeResult,
     ProgressFn,
     SMError,
@@ -33,9 +31,9 @@ from .base import (
     SRHandle,
     SRInfo,
     SRNotAttached,
-    VdiFormat,
     VDIInfo,
 )
+from .fixed import FixedVdis
 
 DM_CONTROL = Path("/dev/mapper/control")
 PROC_MISC = Path("/proc/misc")
@@ -54,7 +52,7 @@ def device_mapper_problem(control: Path = DM_CONTROL, misc: Path = PROC_MISC) ->
     return None
 
 
-class LvmStorageDriver:
+class LvmStorageDriver(FixedVdis):
     sr_type = "lvm"
     capabilities: frozenset[str] = frozenset({Capability.SR_PROBE})
     configuration: Mapping[str, str] = {"device": "local block device for the volume group (required)"}
@@ -113,26 +111,6 @@ class LvmStorageDriver:
     async def stat_vdi(self, sr: SRHandle, location: str) -> VDIInfo:
         raise SRNotAttached(sr.uuid)
 
-    async def create_vdi(
-        self, sr: SRHandle, vdi_uuid: str, virtual_size: int, format: VdiFormat | None = None
-    ) -> VDIInfo:
-        raise OperationNotSupported(sr.uuid, "VDI_CREATE")
-
-    async def destroy_vdi(self, sr: SRHandle, location: str) -> None:
-        raise OperationNotSupported(sr.uuid, "VDI_DELETE")
-
-    async def clone_vdi(self, sr: SRHandle, location: str, new_uuid: str) -> CloneResult:
-        raise OperationNotSupported(sr.uuid, "VDI_CLONE")
-
-    async def snapshot_vdi(self, sr: SRHandle, location: str, new_uuid: str) -> CloneResult:
-        raise OperationNotSupported(sr.uuid, "VDI_SNAPSHOT")
-
-    async def resize_vdi(self, sr: SRHandle, location: str, new_size: int, online: bool = False) -> VDIInfo:
-        raise OperationNotSupported(sr.uuid, "VDI_RESIZE")
-
-    async def coalesce(self, sr: SRHandle) -> list[str]:
-        return []
-
     async def attach_vdi(self, sr: SRHandle, location: str, read_only: bool = False) -> AttachInfo:
         raise SRNotAttached(sr.uuid)
 
@@ -144,23 +122,7 @@ class LvmStorageDriver:
     ) -> VDIInfo:
         raise SRNotAttached(sr.uuid)
 
-    async def import_new_vdi(
-        self,
-        sr: SRHandle,
-        vdi_uuid: str,
-        source: DataSource,
-        format: ImageFormat,
-        vdi_format: VdiFormat | None = None,
-        progress: ProgressFn | None = None,
-    ) -> VDIInfo:
-        raise OperationNotSupported(sr.uuid, "VDI_CREATE")
-
     async def export_data(
         self, sr: SRHandle, location: str, format: ImageFormat, dest: Path, progress: ProgressFn | None = None
     ) -> int:
         raise SRNotAttached(sr.uuid)
-
-    async def copy_vdi(
-        self, sr: SRHandle, location: str, dest_sr: SRHandle, new_uuid: str, progress: ProgressFn | None = None
-    ) -> VDIInfo:
-        raise OperationNotSupported(dest_sr.uuid, "VDI_CREATE")

@@ -24,9 +24,9 @@ from typing import TypeVar
 from . import nfs_chain as chain
 from . import nfs_data, qemuimg
 from .base import (
+    IMAGE_SR,
     AttachInfo,
     BackendFailure,
-    Capability,
     CloneResult,
     DataSource,
     ImageFormat,
@@ -64,29 +64,7 @@ MAX_VIRTUAL_SIZE = 64 * 1024**4
 
 class NfsStorageDriver:
     sr_type = "nfs"
-    capabilities: frozenset[str] = frozenset(
-        {
-            Capability.SR_PROBE,
-            Capability.SR_UPDATE,
-            Capability.SR_SCAN,
-            Capability.SR_ATTACH,
-            Capability.SR_DETACH,
-            Capability.VDI_CREATE,
-            Capability.VDI_DELETE,
-            Capability.VDI_ATTACH,
-            Capability.VDI_DETACH,
-            Capability.VDI_CLONE,
-            Capability.VDI_SNAPSHOT,
-            Capability.VDI_RESIZE,
-            Capability.VDI_RESIZE_ONLINE,
-            Capability.VDI_INTRODUCE,
-            Capability.VDI_UPDATE,
-            Capability.VDI_IMPORT,
-            Capability.VDI_EXPORT,
-            Capability.VDI_COPY,
-            Capability.THIN_PROVISIONING,
-        }
-    )
+    capabilities: frozenset[str] = IMAGE_SR
     configuration: Mapping[str, str] = {
         "server": "hostname or IP address of the NFS server (required)",
         "serverpath": "path on the server: an export or a directory below one (required)",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import qemuimg
 from .base import (
+    IMAGE_SR,
     AttachInfo,
     BackendFailure,
     CloneResult,
@@ -49,7 +50,7 @@ from .base import (
     check_image_format,
     check_size,
 )
-from .file import MAX_VIRTUAL_SIZE, FileStorageDriver
+from .file import MAX_VIRTUAL_SIZE
 from .filechain import BASE_SUFFIX, SUFFIXES
 from .filegc import subtree
 from .paths import check_file_name, check_uuid, uuid_of
@@ -89,7 +90,7 @@ class _SR:
 
 class SimStorageDriver:
     sr_type = "sim"
-    capabilities = FileStorageDriver.capabilities
+    capabilities: frozenset[str] = IMAGE_SR  # the semantics of the file SR
     configuration: Mapping[str, str] = {"size": "Simulated physical size in bytes (default 1 TiB)"}
     required_device_config: frozenset[str] = frozenset()
     sm_info = SMInfo(
