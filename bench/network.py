@@ -163,7 +163,7 @@ def transfer(sender: Endpoint, receiver: Endpoint, nbytes: int) -> tuple[int, fl
 
 def throughput(sender: Endpoint, receiver: Endpoint, s: Settings, start_bytes: int) -> float:
     """Median Mbit/s over s.transfers streams, each grown until it lasts s.min_seconds."""
-    nbytes, rates = start_bytes, []
+    nbytes, rates = start_bytes, list[float]()
     while len(rates) < s.transfers:
         got, seconds = transfer(sender, receiver, nbytes)
         if got < nbytes * 0.9:

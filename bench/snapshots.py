@@ -24,28 +24,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: make `bench` and the tests' harness importable
 
-from tests.server_harness import ROOT_PASSWORD, Daemon, new_daemon  # noqa: E402
+from tests.server_harness import ROOT_PASSWORD, Daemon  # noqa: E402
 
 from bench._common import RpcConn, table  # noqa: E402
-from bench._vm import build_test_guest, kill_leftover_domains  # noqa: E402
+from bench._daemon import run_on_qemu_daemon  # noqa: E402
 from pyxapi.drivers.hypervisor.base import GuestAgentUnavailable  # noqa: E402
 from pyxapi.drivers.hypervisor.qga import qga_call  # noqa: E402
 
@@ -337,51 +332,14 @@ async def run_sections(daemon: Daemon, work: Path, s: Settings, only: list[str],
         await conn.close()
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=[], help="run these sections only")
     args = parser.parse_args()
     s = QUICK if args.quick else FULL
-    signal.signal(signal.SIGTERM, _sigterm)
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="pyxn-", dir="/tmp"))  # short: QEMU's unix socket paths
-    daemon: Daemon | None = None
-    try:
-        print(
-            f"pyxapi snapshot benchmark ({'quick' if s is QUICK else 'full'}): python {sys.version.split()[0]}, "
-            f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start",
-            flush=True,
-        )
-        kernel, initrd = build_test_guest()
-        guest_dir = tmp / "data" / "images" / "test-guest"
-        guest_dir.mkdir(parents=True)
-        shutil.copy(kernel, guest_dir / "vmlinuz")
-        shutil.copy(initrd, guest_dir / "initrd.img")
-        work = tmp / "work"
-        work.mkdir()
-        daemon = new_daemon(tmp, hypervisor="qemu")
-        daemon.start()
-        asyncio.run(run_sections(daemon, work, s, args.only, lambda text: print(text, flush=True)))
-    except Exception:
-        if daemon is not None and daemon.log_path is not None and daemon.log_path.exists():
-            tail = daemon.log_path.read_text(errors="replace").splitlines()[-30:]
-            print("daemon log (last lines):\n" + "\n".join(tail), file=sys.stderr)
-        raise
-    finally:
-        if daemon is not None:
-            try:
-                daemon.stop()
-            except Exception:
-                daemon.kill()
-        kill_leftover_domains(tmp / "data" / "run" / "qemu", str(tmp))
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\ndone in {time.perf_counter() - started:.0f} s (load {os.getloadavg()[0]:.2f})", flush=True)
-    return 0
+    title = f"pyxapi snapshot benchmark ({'quick' if s is QUICK else 'full'})"
+    return run_on_qemu_daemon(title, "pyxn-", lambda daemon, work, emit: run_sections(daemon, work, s, args.only, emit))
 
 
 if __name__ == "__main__":

@@ -23,27 +23,23 @@ import asyncio
 import base64
 import contextlib
 import os
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: make `bench` and the tests' harness importable
 
-from tests.server_harness import ROOT_PASSWORD, Daemon, new_daemon  # noqa: E402
+from tests.server_harness import ROOT_PASSWORD, Daemon  # noqa: E402
 
 from bench._common import RpcConn, table  # noqa: E402
-from bench._vm import build_test_guest, kill_leftover_domains  # noqa: E402
+from bench._daemon import run_on_qemu_daemon  # noqa: E402
 from pyxapi.drivers.hypervisor.qga import qga_call  # noqa: E402
 
 MiB = 1 << 20
@@ -481,49 +477,12 @@ async def run(daemon: Daemon, work: Path, s: Settings, emit: Callable[[str], Non
         await conn.close()
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 256 MiB image, fewer rounds")
     s = QUICK if parser.parse_args().quick else FULL
-    signal.signal(signal.SIGTERM, _sigterm)
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="pyxs-", dir="/tmp"))  # short: QEMU's unix socket paths
-    daemon: Daemon | None = None
-    try:
-        print(
-            f"pyxapi storage benchmark ({'quick' if s is QUICK else 'full'}): python {sys.version.split()[0]}, "
-            f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start",
-            flush=True,
-        )
-        kernel, initrd = build_test_guest()
-        guest_dir = tmp / "data" / "images" / "test-guest"
-        guest_dir.mkdir(parents=True)
-        shutil.copy(kernel, guest_dir / "vmlinuz")
-        shutil.copy(initrd, guest_dir / "initrd.img")
-        work = tmp / "work"
-        work.mkdir()
-        daemon = new_daemon(tmp, hypervisor="qemu")
-        daemon.start()
-        asyncio.run(run(daemon, work, s, lambda text: print(text, flush=True)))
-    except Exception:
-        if daemon is not None and daemon.log_path is not None and daemon.log_path.exists():
-            tail = daemon.log_path.read_text(errors="replace").splitlines()[-30:]
-            print("daemon log (last lines):\n" + "\n".join(tail), file=sys.stderr)
-        raise
-    finally:
-        if daemon is not None:
-            try:
-                daemon.stop()
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-        kill_leftover_domains(tmp / "data" / "run" / "qemu", str(tmp))
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\ndone in {time.perf_counter() - started:.0f} s (load {os.getloadavg()[0]:.2f})", flush=True)
-    return 0
+    title = f"pyxapi storage benchmark ({'quick' if s is QUICK else 'full'})"
+    return run_on_qemu_daemon(title, "pyxs-", lambda daemon, work, emit: run(daemon, work, s, emit))
 
 
 if __name__ == "__main__":
