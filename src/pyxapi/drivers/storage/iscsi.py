@@ -69,7 +69,7 @@ _LOCATION = re.compile(r"^LUN([0-9]{1,5})$")
 _UUID_NAMESPACE = uuidlib.UUID("6b8c3f0e-5d3a-4e0b-9a57-2f1c8e4d7a10")  # pyxapi's namespace for LUN uuids
 
 
-def check_location(location: str) -> int:
+def lun_number(location: str) -> int:
     m = _LOCATION.match(location) if isinstance(location, str) else None
     if m is None:
         raise UnsafePath(str(location), "an iSCSI VDI location is LUN<number>")
@@ -100,6 +100,9 @@ class IscsiStorageDriver(FixedVdis):
         required_device_config=required_device_config,
         supported_image_formats=frozenset({"raw"}),
     )
+
+    def check_location(self, location: str) -> None:
+        lun_number(location)
 
     def __init__(self, work_dir: str | None = None) -> None:
         self.work_dir = work_dir or tempfile.gettempdir()
@@ -186,7 +189,7 @@ class IscsiStorageDriver(FixedVdis):
         )
 
     async def _lun(self, sr: SRHandle, location: str) -> tuple[IscsiConfig, Lun]:
-        number = check_location(location)
+        number = lun_number(location)
         cfg = self._cfg(sr)
         if (cfg.lunid is not None and number != cfg.lunid) or number == 0:
             raise VDIMissing(sr.uuid, location)
