@@ -45,7 +45,7 @@ run: deps apt-deps guest-image xe
 	$(BIN)/pyxapi serve --host 127.0.0.1 --port $(PORT) --tls-port $(TLS_PORT) --data-dir $(DATA) --hypervisor $(HYPERVISOR)
 
 test: deps apt-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 lint: deps
 	$(BIN)/ruff check src tests bench scripts
