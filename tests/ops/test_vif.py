@@ -398,3 +398,49 @@ async def test_vif_rates_as_vm_data_sources(api: Api, monkeypatch: pytest.Monkey
     assert (await api.error("VM.query_data_source", vm1, "vif_9_rx"))[0] == "INTERNAL_ERROR"
     await api("VIF.unplug", a)
     assert await api("VM.get_data_sources", vm1) == []  # an unplugged VIF has no source
+
+
+# ---------------------------------------------------------------- guest IP configuration
+
+
+async def test_configure_ip_checks_then_needs_a_capable_guest_agent(api: Api) -> None:
+    vm = await new_vm(api)
+    vif = await new_vif(api, vm, await internal(api))
+    for version, good, gateway in ((4, "10.0.0.5/24", "10.0.0.1"), (6, "fd00::5/64", "fd00::1")):
+        configure = f"VIF.configure_ipv{version}"
+        assert await api.error(configure, vif, "Static", good.split("/")[0], "") == [
+            "INVALID_CIDR_ADDRESS_SPECIFIED", "address"
+        ]
+        assert await api.error(configure, vif, "Static", good, "not-an-ip") == [
+            "INVALID_IP_ADDRESS_SPECIFIED", "gateway"
+        ]
+        wrong_family = "10.0.0.1" if version == 6 else "fd00::1"
+        assert await api.error(configure, vif, "Static", good, wrong_family) == [
+            "INVALID_IP_ADDRESS_SPECIFIED", "gateway"
+        ]
+        # valid settings, but no guest agent says it can apply them (xapi's VM_LACKS_FEATURE)
+        assert await api.error(configure, vif, "Static", good, gateway) == ["VM_LACKS_FEATURE", vm]
+        assert await api.error(configure, vif, "None", "", "") == ["VM_LACKS_FEATURE", vm]
+        assert (await api("VIF.get_record", vif))[f"ipv{version}_configuration_mode"] == "None"
+    await api("VM.start", vm, False, False)
+    vm_state.record_guest_info(api.ctx, vm, {"other": {"feature-static-ip-setting": "1"}})
+    await api("VIF.configure_ipv4", vif, "Static", "10.0.0.5/24", "10.0.0.1")
+    await api("VIF.configure_ipv6", vif, "Static", "fd00::5/64", "")
+    rec = await api("VIF.get_record", vif)
+    assert (rec["ipv4_configuration_mode"], rec["ipv4_addresses"], rec["ipv4_gateway"]) == (
+        "Static", ["10.0.0.5/24"], "10.0.0.1"
+    )
+    ipv6 = (rec["ipv6_configuration_mode"], rec["ipv6_addresses"], rec["ipv6_gateway"])
+    assert ipv6 == ("Static", ["fd00::5/64"], "")
+    await api("VIF.configure_ipv4", vif, "None", "", "")
+    rec = await api("VIF.get_record", vif)
+    assert (rec["ipv4_configuration_mode"], rec["ipv4_addresses"], rec["ipv4_gateway"]) == ("None", [""], "")
+    # a locked VIF only takes an address it is allowed to use
+    await api("VIF.set_ipv4_allowed", vif, ["10.0.0.7"])
+    await api("VIF.set_locking_mode", vif, "locked")
+    assert await api.error("VIF.configure_ipv4", vif, "Static", "10.0.0.5/24", "") == [
+        "ADDRESS_VIOLATES_LOCKING_CONSTRAINT", "10.0.0.5/24"
+    ]
+    await api("VIF.configure_ipv4", vif, "Static", "10.0.0.7/24", "")
+    assert await api("VIF.get_ipv4_addresses", vif) == ["10.0.0.7/24"]
+    await api("VM.hard_shutdown", vm)

@@ -11,7 +11,7 @@ from typing import Any
 from pyxapi.api.dispatch import Call, Handler
 from pyxapi.db.store import NULL_REF
 from pyxapi.model.errors import OPERATION_NOT_ALLOWED, ApiError
-from pyxapi.ops import vif_hotplug, vif_locking, vif_rules
+from pyxapi.ops import vif_hotplug, vif_ip, vif_locking, vif_rules
 from pyxapi.ops.network_runtime import valid_mac
 from pyxapi.ops.vm_clone import random_mac
 from pyxapi.wire.marshal import now_datetime
@@ -70,4 +70,5 @@ MESSAGES: dict[str, Handler] = {
     "destroy": destroy,
     **vif_hotplug.MESSAGES,
     **vif_locking.MESSAGES,
+    **vif_ip.MESSAGES,
 }

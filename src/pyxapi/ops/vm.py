@@ -16,6 +16,7 @@ from pyxapi.api.dispatch import Call, Handler
 from pyxapi.context import Context
 from pyxapi.drivers.hypervisor import base as hv
 from pyxapi.engine.operations import refresh_vm_allowed, running
+from pyxapi.engine.vm_lifecycle import VMView, check
 from pyxapi.engine.vm_spec import MIB, check_memory, domain_spec
 from pyxapi.model.errors import INTERNAL_ERROR, OPERATION_NOT_ALLOWED, ApiError
 from pyxapi.ops import vm_state, vm_suspend
@@ -352,10 +353,58 @@ def get_allowed_VIF_devices(call: Call, vm: str) -> list[str]:
     return _free_devices(call, vm, "VIF", "VIFs", MAX_VIF_DEVICES)
 
 
+def memory_overhead(static_max: int, vcpus: int) -> int:
+    # QEMU's own footprint: a fixed part plus page tables, as a rough per-MiB share.
+    return int(32 * MIB + static_max // 128 + vcpus * MIB)
+
+
 def compute_memory_overhead(call: Call, vm: str) -> int:
     rec = call.ctx.store.get("VM", vm)
-    # QEMU's own footprint: a fixed part plus page tables, as a rough per-MiB share.
-    return int(32 * MIB + rec["memory_static_max"] // 128 + rec["VCPUs_max"] * MIB)
+    return memory_overhead(rec["memory_static_max"], rec["VCPUs_max"])
+
+
+APPROXIMATE_VCPUS = 64
+"""maximise_memory(approximate=true) leaves room for this many vCPUs, as xapi does, so that the
+answer still holds after the VM's vCPU count changes."""
+
+
+def maximise_memory(call: Call, vm: str, total: int, approximate: bool) -> int:
+    """The largest memory_static_max whose memory plus overhead fits in `total` bytes, in whole MiB."""
+    rec = call.ctx.store.get("VM", vm)
+    vcpus = APPROXIMATE_VCPUS if approximate else rec["VCPUs_max"]
+    low, high = 0, max(0, total)  # the overhead grows with the memory: bisect on "fits"
+    while low < high:
+        mid = (low + high + 1) // 2
+        if mid + memory_overhead(mid, vcpus) <= total:
+            low = mid
+        else:
+            high = mid - 1
+    return low // MIB * MIB
+
+
+def assert_operation_valid(call: Call, vm: str, op: str) -> None:
+    check(VMView.of(vm, call.ctx.store.get("VM", vm)), op)
+
+
+def update_allowed_operations(call: Call, vm: str) -> None:
+    store = call.ctx.store
+    store.get("VM", vm)
+    with store.transaction():
+        refresh_vm_allowed(store, vm)
+
+
+def get_possible_hosts(call: Call, vm: str) -> list[str]:
+    """The hosts where the VM could start now: this one, if assert_can_boot_here passes."""
+    try:
+        assert_can_boot_here(call, vm, call.ctx.host_ref)
+    except ApiError:
+        return []
+    return [call.ctx.host_ref]
+
+
+def get_cooperative(call: Call, vm: str) -> bool:
+    call.ctx.store.get("VM", vm)
+    return True  # deprecated in xapi, which answers true for every VM
 
 
 def create(call: Call, record: dict[str, Any]) -> str:
@@ -419,4 +468,9 @@ MESSAGES: dict[str, Handler] = {
     "get_allowed_VBD_devices": get_allowed_VBD_devices,
     "get_allowed_VIF_devices": get_allowed_VIF_devices,
     "compute_memory_overhead": compute_memory_overhead,
+    "maximise_memory": maximise_memory,
+    "assert_operation_valid": assert_operation_valid,
+    "update_allowed_operations": update_allowed_operations,
+    "get_possible_hosts": get_possible_hosts,
+    "get_cooperative": get_cooperative,
 }
