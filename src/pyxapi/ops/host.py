@@ -168,7 +168,14 @@ def shutdown(call: Call, host: str) -> None:
     _power(call, host, "shutdown")
 
 
+def is_in_emergency_mode(call: Call) -> bool:
+    """A pool member whose master is unreachable runs in emergency mode; a host that is its own
+    pool's master (every pyxapi host, until pools land) never does."""
+    return False
+
+
 MESSAGES: dict[str, Handler] = {
+    "is_in_emergency_mode": is_in_emergency_mode,
     "get_servertime": get_servertime,
     "get_server_localtime": get_server_localtime,
     "enable": enable,
