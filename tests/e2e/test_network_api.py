@@ -189,18 +189,30 @@ def test_static_ip_reaches_the_wire(host: Host) -> None:
     assert host.ipv4("xenbr1") == []
 
 
+def wire_dhcp_server(host: Host, nic: str, first: int, last: int, lease: int = 3600) -> subprocess.Popen[bytes]:
+    """busybox udhcpd on the far side of `nic`, offering 10.88.0.<first..last> for `lease` seconds."""
+    wire = host.wires[nic]
+    if "10.88.0.1/24" not in sh("ip", "-n", wire, "-4", "-o", "addr", "show", "dev", "wire0"):
+        sh("ip", "-n", wire, "addr", "add", "10.88.0.1/24", "dev", "wire0")
+    work = host.daemon.data_dir.parent
+    conf, leases = work / f"udhcpd-{nic}-{first}.conf", work / f"udhcpd-{nic}-{first}.leases"
+    leases.write_bytes(b"")  # a fresh server remembers no earlier lease
+    conf.write_text(f"interface wire0\nstart 10.88.0.{first}\nend 10.88.0.{last}\nlease_file {leases}\n"
+                    f"min_lease {lease}\noption lease {lease}\n"
+                    "option subnet 255.255.255.0\noption router 10.88.0.1\noption dns 10.88.0.53\n")  # fmt: skip
+    return subprocess.Popen(["ip", "netns", "exec", wire, "busybox", "udhcpd", "-f", "-a", "100", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    server.wait(timeout=10)
+
+
 def test_dhcp_lease_from_the_wire(host: Host) -> None:
     x = host.x
     eth0 = pif(x, "eth0")
-    wire = host.wires["eth0"]
-    sh("ip", "-n", wire, "addr", "add", "10.88.0.1/24", "dev", "wire0")
-    conf = host.daemon.data_dir.parent / "udhcpd-wire.conf"
-    leases = host.daemon.data_dir.parent / "udhcpd-wire.leases"
-    leases.touch()
-    conf.write_text(f"interface wire0\nstart 10.88.0.50\nend 10.88.0.60\nlease_file {leases}\n"
-                    "option subnet 255.255.255.0\noption router 10.88.0.1\noption dns 10.88.0.53\n")  # fmt: skip
-    server = subprocess.Popen(["ip", "netns", "exec", wire, "busybox", "udhcpd", "-f", "-a", "100", str(conf)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = wire_dhcp_server(host, "eth0", 50, 60)
     try:
         x.PIF.reconfigure_ip(eth0, "DHCP", "", "", "", "")
         rec = x.PIF.get_record(eth0)
@@ -208,10 +220,49 @@ def test_dhcp_lease_from_the_wire(host: Host) -> None:
         assert (rec["netmask"], rec["gateway"], rec["DNS"]) == ("255.255.255.0", "10.88.0.1", "10.88.0.53")
         assert host.ipv4("xenbr0") == [f"{rec['IP']}/24"]
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop(server)
     x.PIF.reconfigure_ip(eth0, "None", "", "", "", "")
     assert host.ipv4("xenbr0") == []
+
+
+def wait_for_address(host: Host, x: Any, pif_ref: str, prefix: str, timeout: float = 60.0) -> str:
+    """Until the PIF's recorded IP starts with `prefix` ("" for none) and its bridge carries exactly it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ip = x.PIF.get_IP(pif_ref)
+        on_bridge = host.ipv4("xenbr0")
+        if ip.startswith(prefix) and (ip != "" or prefix == "") and on_bridge == ([f"{ip}/24"] if ip else []):
+            return str(ip)
+        assert time.monotonic() < deadline, f"PIF IP {ip!r}, bridge {on_bridge}: still no {prefix!r}"
+        time.sleep(0.5)
+
+
+def test_dhcp_lease_is_kept(host: Host) -> None:
+    """Renewed at half the lease time: a server that moved to another range hands out a new
+    address, which reaches the bridge and the record; a lease that runs out takes the address
+    away, and a server that comes back gives one again. Reconfiguring ends all that."""
+    if host.kind != "bridge":
+        pytest.skip("the lease keeping is the same code on both drivers; the bridge run covers it")
+    x = host.x
+    eth0 = pif(x, "eth0")
+    server = wire_dhcp_server(host, "eth0", 50, 60, lease=8)
+    try:
+        x.PIF.reconfigure_ip(eth0, "DHCP", "", "", "", "")
+        assert wait_for_address(host, x, eth0, "10.88.0.5", timeout=1).startswith("10.88.0.5")
+        stop(server)
+        server = wire_dhcp_server(host, "eth0", 70, 79, lease=8)  # the old address is not offered now
+        wait_for_address(host, x, eth0, "10.88.0.7")  # renewed within T1 + retries
+        stop(server)
+        wait_for_address(host, x, eth0, "")  # nobody renews: the 8 s lease runs out
+        assert x.PIF.get_ip_configuration_mode(eth0) == "DHCP"
+        server = wire_dhcp_server(host, "eth0", 70, 79, lease=8)
+        wait_for_address(host, x, eth0, "10.88.0.7")  # asked again while without an address
+        x.PIF.reconfigure_ip(eth0, "None", "", "", "", "")
+        assert host.ipv4("xenbr0") == []
+        time.sleep(10)  # more than T1 of the last lease: no keeper puts the address back
+        assert (host.ipv4("xenbr0"), x.PIF.get_IP(eth0)) == ([], "")
+    finally:
+        stop(server)
 
 
 def test_vlan_create_and_destroy(host: Host) -> None:

@@ -7,10 +7,12 @@ or the host's), never on the machine's real uplink unless a PIF says so.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
 import re
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,7 @@ class NetworkRuntime:
         self.run_dir = run_dir
         self.netns = netns
         self._dhcp: dict[str, DhcpService] = {}
+        self._lease_keepers: dict[str, asyncio.Task[None]] = {}  # PIF ref -> keeps its DHCP lease
 
     async def start(self) -> None:
         await self.driver.start()
@@ -117,7 +120,20 @@ class NetworkRuntime:
         with contextlib.suppress(net.NotFound):
             await self.driver.destroy_bridge(bridge)
 
+    def keep_lease(self, pif: str, keeper: Coroutine[Any, Any, None] | None) -> None:
+        """Replace the task keeping the PIF's DHCP lease (pif_realise.keep_lease); None: stop it."""
+        old = self._lease_keepers.pop(pif, None)
+        if old is not None and old is not asyncio.current_task():
+            old.cancel()
+        if keeper is not None:
+            self._lease_keepers[pif] = asyncio.create_task(keeper, name=f"dhcp-lease {pif}")
+
     async def stop(self) -> None:
+        keepers = list(self._lease_keepers.values())
+        self._lease_keepers.clear()
+        for task in keepers:
+            task.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
         for service in self._dhcp.values():
             with contextlib.suppress(Exception):
                 await service.stop()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pyxapi.context import Context
 from pyxapi.db.store import NULL_REF
 from pyxapi.drivers.network import base as net
-from pyxapi.drivers.network.dhcp_client import request_lease
+from pyxapi.drivers.network.dhcp_client import ClientLease, request_lease
 from pyxapi.model.errors import OPERATION_NOT_ALLOWED, ApiError
 
 if TYPE_CHECKING:
@@ -158,6 +158,7 @@ async def bring_down(ctx: Context, pif: str) -> None:
     """Take the PIF's bridge (and what it carries) away; currently_attached becomes false."""
     store = ctx.store
     rec = store.get("PIF", pif)
+    runtime(ctx).keep_lease(pif, None)
     bridge = bridge_of(ctx, pif)
     kind = pif_kind(rec)
     drv = driver(ctx)
@@ -185,6 +186,7 @@ async def apply_ip(ctx: Context, pif: str, rec: dict[str, Any] | None = None) ->
     rec = rec or ctx.store.get("PIF", pif)
     bridge = bridge_of(ctx, pif)
     drv = driver(ctx)
+    runtime(ctx).keep_lease(pif, None)  # whatever the new configuration, the old lease is let go
     if rec["physical"] or rec["bond_master_of"]:
         guard_host_nic(ctx, rec["device"])
     if rec["ip_configuration_mode"] == "Static":
@@ -196,9 +198,83 @@ async def apply_ip(ctx: Context, pif: str, rec: dict[str, Any] | None = None) ->
         return {}  # the simulator has no wire for a DHCP server to answer on
     rt = runtime(ctx)
     lease = await request_lease(bridge, rt.run_dir / "dhcp-client", rt.netns)
+    rt.keep_lease(pif, keep_lease(ctx, pif, bridge, lease))
     if lease is None:
-        log.warning("PIF %s: no DHCP offer on %s; it stays without an address", pif, bridge)
-        return {"IP": "", "netmask": "", "gateway": ""}
+        log.warning("PIF %s: no DHCP offer on %s; it stays without an address for now", pif, bridge)
+        return lease_fields(None)
     await drv.set_ipv4_address(bridge, lease.cidr, lease.router or None)
+    return lease_fields(lease)
+
+
+def lease_fields(lease: ClientLease | None) -> dict[str, str]:
+    """What xapi records of a DHCP lease on the PIF: its IP, netmask, gateway and DNS."""
+    if lease is None:
+        return {"IP": "", "netmask": "", "gateway": ""}
     fields = {"IP": lease.ip, "netmask": lease.netmask, "gateway": lease.router}
     return fields | ({"DNS": ",".join(lease.dns)} if lease.dns else {})
+
+
+# ------------------------------------------------------------ keeping a DHCP lease
+
+RENEW_MIN_SECONDS = 2.0
+"""Never ask a DHCP server more often than this, however short its leases."""
+
+RETRY_MAX_SECONDS = 60.0
+"""Without a lease, ask again at most this long after the last try."""
+
+
+async def keep_lease(ctx: Context, pif: str, bridge: str, lease: ClientLease | None) -> None:
+    """A DHCP client's life after the first lease, as dhclient does it for xapi: renew at half the
+    lease time (T1), retry at half the time left while the server is silent, take the address
+    away when the lease runs out, and keep asking, so that a server that comes back (or one
+    that answers only later) gives the PIF an address again. An address the server changes is
+    applied to the bridge and recorded on the PIF. Stops when the PIF is no longer a plugged
+    DHCP PIF on this bridge; the network runtime cancels it when the PIF is reconfigured."""
+    rt = runtime(ctx)
+    loop = asyncio.get_running_loop()
+    held, expires = lease, loop.time() + (lease.seconds if lease else 0)
+    period = min(RETRY_MAX_SECONDS, lease.seconds / 2) if lease else RETRY_MAX_SECONDS
+    wait = period
+    while True:
+        await asyncio.sleep(max(RENEW_MIN_SECONDS, wait))
+        try:
+            requested = held.ip if held is not None else None
+            offer = await request_lease(bridge, rt.run_dir / "dhcp-client", rt.netns, requested=requested)
+            now = loop.time()
+            if offer is not None:
+                if not await _record_lease(ctx, pif, bridge, offer):
+                    return
+                held, expires = offer, now + offer.seconds
+                wait = offer.seconds / 2  # T1
+                period = min(RETRY_MAX_SECONDS, wait)
+            elif held is not None and now >= expires:
+                log.warning("PIF %s: the DHCP lease of %s ran out on %s", pif, held.ip, bridge)
+                if not await _record_lease(ctx, pif, bridge, None):
+                    return
+                held, wait = None, period
+            else:
+                wait = (expires - now) / 2 if held is not None else period
+        except net.NetworkError as e:
+            log.warning("PIF %s: keeping the DHCP lease on %s: %s", pif, bridge, e)
+            wait = period
+
+
+async def _record_lease(ctx: Context, pif: str, bridge: str, lease: ClientLease | None) -> bool:
+    """Apply a renewed (or lost) lease if it changes anything; False when the PIF is no longer a
+    plugged DHCP PIF on `bridge` (then nothing is touched)."""
+    async with config_lock(ctx):
+        rec = ctx.store.find("PIF", pif)
+        if rec is None or rec["ip_configuration_mode"] != "DHCP" or not rec["currently_attached"]:
+            return False
+        if bridge_of(ctx, pif) != bridge:
+            return False
+        fields = lease_fields(lease)
+        if all(rec[k] == v for k, v in fields.items()):
+            return True  # renewed as it was
+        if lease is None:
+            await driver(ctx).set_ipv4_address(bridge, None)
+        else:
+            await driver(ctx).set_ipv4_address(bridge, lease.cidr, lease.router or None)
+        ctx.store.update("PIF", pif, fields)
+        log.info("PIF %s: DHCP address on %s is now %s", pif, bridge, lease.cidr if lease else "none")
+        return True

@@ -2,7 +2,8 @@
 
 udhcpc asks once (a few tries), reports the lease through its script and exits: the caller
 sets the address itself (set_ipv4_address), so the client changes nothing on the interface.
-Leases are not renewed; a PIF in DHCP mode asks again whenever it is brought up.
+The caller also keeps the lease (ops/pif_realise.py): it asks again for the same address
+(`requested`) when half the lease time has passed, as a DHCP client renews at T1.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ from .proc import run
 # udhcpc runs its script with the lease in the environment; this one only prints it.
 _SCRIPT = """#!/bin/sh
 case "$1" in
-  bound|renew) echo "PYXAPI-LEASE ip=$ip subnet=$subnet router=${router%% *} dns=$dns" ;;
+  bound|renew) echo "PYXAPI-LEASE ip=$ip subnet=$subnet router=${router%% *} dns=$dns lease=$lease" ;;
 esac
 exit 0
 """
+
+
+DEFAULT_LEASE_SECONDS = 3600
+"""Assumed when a server names no lease time (option 51 is mandatory in an ACK, but be lenient)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +34,7 @@ class ClientLease:
     netmask: str
     router: str  # "" when the server gave none
     dns: tuple[str, ...]
+    seconds: int = DEFAULT_LEASE_SECONDS  # the lease time the server gave
 
     @property
     def cidr(self) -> str:
@@ -45,12 +51,17 @@ def parse_report(text: str) -> ClientLease | None:
         except ValueError:
             return None
         dns = tuple(d for d in fields.get("dns", "").split(",") if d)
-        return ClientLease(fields["ip"], fields["subnet"], fields.get("router", ""), dns)
+        lease = fields.get("lease", "")
+        seconds = int(lease) if lease.isdigit() and int(lease) > 0 else DEFAULT_LEASE_SECONDS
+        return ClientLease(fields["ip"], fields["subnet"], fields.get("router", ""), dns, seconds)
     return None
 
 
-async def request_lease(interface: str, run_dir: Path, netns: str | None, tries: int = 3) -> ClientLease | None:
-    """The lease a DHCP server on ``interface``'s segment offers, or None when none answers."""
+async def request_lease(
+    interface: str, run_dir: Path, netns: str | None, tries: int = 3, requested: str | None = None
+) -> ClientLease | None:
+    """The lease a DHCP server on ``interface``'s segment offers, or None when none answers.
+    ``requested``: the address to ask for (the one held), which a server extends if it can."""
     check_ifname(interface)
     run_dir.mkdir(parents=True, exist_ok=True)
     script = run_dir / "udhcpc-report.sh"
@@ -58,6 +69,8 @@ async def request_lease(interface: str, run_dir: Path, netns: str | None, tries:
         script.write_text(_SCRIPT)
         script.chmod(0o755)
     argv = ["busybox", "udhcpc", "-f", "-q", "-n", "-i", interface, "-t", str(tries), "-T", "1", "-s", str(script)]
+    if requested:
+        argv += ["-r", str(ipaddress.IPv4Address(requested))]
     try:
         res = await run(argv, netns=netns, timeout=tries * 3 + 10)
     except CommandFailed:

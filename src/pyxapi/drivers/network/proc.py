@@ -83,6 +83,10 @@ async def run(
         proc.kill()
         await proc.wait()
         raise CommandFailed(full, -9, f"timed out after {timeout}s") from None
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()  # the caller gave up: the command must not outlive it
+        raise
     res = Result(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
     if check and res.returncode != 0:
         raise CommandFailed(full, res.returncode, res.stderr or res.stdout)
