@@ -13,7 +13,7 @@ from pyxapi.model import load_model
 from pyxapi.ops import custom_handlers
 from pyxapi.ops.implicit import implicit_handler
 
-IMPLEMENTED_FLOOR = 1811
+IMPLEMENTED_FLOOR = 1812
 
 
 def method_table():  # type: ignore[no-untyped-def]

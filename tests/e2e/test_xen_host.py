@@ -72,6 +72,18 @@ def test_host_is_a_xen_host(xen_host: XenHost, xapi: Any) -> None:  # noqa: F811
     assert xapi.VM.get_VCPUs_max(dom0) == "2"
 
 
+def test_xen_console_ring_and_debug_keys(xapi: Any) -> None:
+    """host.dmesg is Xen's console ring on a Xen host (as xapi's), and host.send_debug_keys
+    reaches Xen: key 'h' makes it print its key table there."""
+    [host] = xapi.host.get_all()
+    assert "(XEN)" in xapi.host.dmesg(host)
+    xapi.host.send_debug_keys(host, "h")
+    assert "'h' pressed" in xapi.host.dmesg(host)
+    with pytest.raises(XenAPI.Failure) as err:
+        xapi.host.send_debug_keys(host, "-h")
+    assert err.value.details == ["INVALID_VALUE", "keys", "-h"]
+
+
 def test_pv_vm_from_template_runs_on_xen(xen_host: XenHost, xapi: Any) -> None:  # noqa: F811
     template = next(t for t in xapi.VM.get_by_name_label("pyxapi test guest") if xapi.VM.get_is_a_template(t))
     vm = xapi.VM.clone(template, "xen-e2e-pv")

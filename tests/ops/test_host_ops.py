@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from pyxapi.drivers.hypervisor.base import InvalidArgument
+from pyxapi.drivers.hypervisor.xen.console_ring import check_debug_keys
 from tests.ops.test_vm_power import Api, api, new_vm  # noqa: F401 - the fixture
 
 
@@ -54,3 +58,19 @@ async def test_auto_enable_comes_back_at_the_next_start(api: Api) -> None:  # no
     await api("host.disable", host, False)
     reenable_after_restart(api.ctx)
     assert await api("host.get_enabled", host) is False
+
+
+async def test_debug_keys_need_a_hypervisor_with_a_console(api: Api) -> None:  # noqa: F811
+    """Only Xen has debug keys (tested for real in tests/e2e/test_xen_host.py); elsewhere host.dmesg
+    is the kernel's log."""
+    host = api.ctx.host_ref
+    error = await api.error("host.send_debug_keys", host, "h")
+    assert error[0] == "OPERATION_NOT_ALLOWED" and "sim" in error[1]
+    assert isinstance(await api("host.dmesg", host), str)
+
+
+def test_debug_keys_are_key_characters() -> None:
+    assert check_debug_keys("hq0*") == "hq0*"
+    for bad in ("", "-h", "h q", "h\n", "é"):
+        with pytest.raises(InvalidArgument):
+            check_debug_keys(bad)

@@ -6,12 +6,10 @@ from __future__ import annotations
 import pytest
 
 from pyxapi.ops.vm import memory_overhead
-from tests.ops.test_vm_power import MIB, Api, api, new_vm
-
-__all__ = ["api"]  # the fixture, imported for pytest
+from tests.ops.test_vm_power import MIB, Api, api, new_vm  # noqa: F401 - the fixture
 
 
-async def test_assert_operation_valid_follows_the_power_state(api: Api) -> None:
+async def test_assert_operation_valid_follows_the_power_state(api: Api) -> None:  # noqa: F811
     vm = await new_vm(api)
     assert await api("VM.assert_operation_valid", vm, "start") == ""  # void
     assert await api.error("VM.assert_operation_valid", vm, "clean_shutdown") == [
@@ -29,7 +27,7 @@ async def test_assert_operation_valid_follows_the_power_state(api: Api) -> None:
     await api("VM.hard_shutdown", vm)
 
 
-async def test_update_allowed_operations_recomputes_the_field(api: Api) -> None:
+async def test_update_allowed_operations_recomputes_the_field(api: Api) -> None:  # noqa: F811
     vm = await new_vm(api)
     allowed = await api("VM.get_allowed_operations", vm)
     assert "start" in allowed
@@ -40,7 +38,7 @@ async def test_update_allowed_operations_recomputes_the_field(api: Api) -> None:
     assert (await api.error("VM.update_allowed_operations", "OpaqueRef:nope"))[0] == "HANDLE_INVALID"
 
 
-async def test_possible_hosts_are_where_the_vm_could_boot(api: Api) -> None:
+async def test_possible_hosts_are_where_the_vm_could_boot(api: Api) -> None:  # noqa: F811
     vm = await new_vm(api)
     host = api.ctx.host_ref
     assert await api("VM.get_possible_hosts", vm) == [host]
@@ -53,13 +51,13 @@ async def test_possible_hosts_are_where_the_vm_could_boot(api: Api) -> None:
     assert await api("VM.get_possible_hosts", template) == []
 
 
-async def test_cooperative_is_always_true(api: Api) -> None:
+async def test_cooperative_is_always_true(api: Api) -> None:  # noqa: F811
     vm = await new_vm(api)
     assert await api("VM.get_cooperative", vm) is True
 
 
 @pytest.mark.parametrize("total_mib", [64, 512, 4096, 1 << 20])
-async def test_maximise_memory_is_the_largest_fit_in_whole_mib(api: Api, total_mib: int) -> None:
+async def test_maximise_memory_is_the_largest_fit_in_whole_mib(api: Api, total_mib: int) -> None:  # noqa: F811
     vm = await new_vm(api)  # 2 vCPUs
     total = total_mib * MIB
     exact = await api("VM.maximise_memory", vm, total, False)
@@ -73,7 +71,7 @@ async def test_maximise_memory_is_the_largest_fit_in_whole_mib(api: Api, total_m
     assert approximate <= exact  # room for 64 vCPUs is kept aside
 
 
-async def test_maximise_memory_of_nothing_is_nothing(api: Api) -> None:
+async def test_maximise_memory_of_nothing_is_nothing(api: Api) -> None:  # noqa: F811
     vm = await new_vm(api)
     assert await api("VM.maximise_memory", vm, 0, False) == 0
     assert await api("VM.maximise_memory", vm, 16 * MIB, True) == 0

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from pyxapi.api.dispatch import Call, Handler
 from pyxapi.context import Context
-from pyxapi.model.errors import OPERATION_NOT_ALLOWED, ApiError
+from pyxapi.drivers.hypervisor import base as hv
+from pyxapi.model.errors import INTERNAL_ERROR, INVALID_VALUE, OPERATION_NOT_ALLOWED, ApiError
 from pyxapi.wire.marshal import now_datetime
 
 AUTO_ENABLE_KEY = "pyxapi_auto_enable"  # other_config mark: re-enable at the next start
@@ -139,13 +140,42 @@ async def call_plugin(call: Call, host: str, plugin: str, fn: str, args: dict[st
     return str(result)
 
 
+def _hypervisor_console(call: Call) -> hv.HypervisorConsole | None:
+    driver = call.ctx.services.get("hypervisor")
+    return driver if isinstance(driver, hv.HypervisorConsole) else None
+
+
 async def dmesg(call: Call, host: str) -> str:
+    """The hypervisor's messages: Xen's console ring on a Xen host (as xapi), else the kernel's log
+    (KVM is part of the kernel)."""
     _this_host(call, host)
+    console = _hypervisor_console(call)
+    if console is not None:
+        try:
+            return await console.read_console_ring()
+        except hv.HypervisorError as e:
+            raise ApiError(INTERNAL_ERROR, f"reading the hypervisor's console ring: {e}") from None
     proc = await asyncio.create_subprocess_exec(
         "dmesg", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
     out, _ = await proc.communicate()
     return out.decode(errors="replace")
+
+
+async def send_debug_keys(call: Call, host: str, keys: str) -> None:
+    """Xen's debug keys (`xl debug-keys`): diagnostics the hypervisor prints to its console ring."""
+    _this_host(call, host)
+    console = _hypervisor_console(call)
+    if console is None:
+        driver = call.ctx.services.get("hypervisor")
+        name = getattr(driver, "name", "this")
+        raise ApiError(OPERATION_NOT_ALLOWED, f"the {name} hypervisor has no debug keys (Xen has)")
+    try:
+        await console.send_debug_keys(keys)
+    except hv.InvalidArgument:
+        raise ApiError(INVALID_VALUE, "keys", keys) from None
+    except hv.HypervisorError as e:
+        raise ApiError(INTERNAL_ERROR, f"sending debug keys: {e}") from None
 
 
 def _power(call: Call, host: str, what: str) -> None:
@@ -187,6 +217,7 @@ MESSAGES: dict[str, Handler] = {
     "compute_memory_overhead": compute_memory_overhead,
     "call_plugin": call_plugin,
     "dmesg": dmesg,
+    "send_debug_keys": send_debug_keys,
     "reboot": reboot,
     "shutdown": shutdown,
 }

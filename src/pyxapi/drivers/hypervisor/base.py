@@ -447,6 +447,18 @@ class LiveDiskDriver(Protocol):
         ...
 
 
+@runtime_checkable
+class HypervisorConsole(Protocol):
+    """Optional: a hypervisor with a console of its own (Xen's message ring and debug keys).
+    Without it host.dmesg is the host kernel's log (KVM lives in the kernel)."""
+
+    async def read_console_ring(self) -> str: ...
+
+    async def send_debug_keys(self, keys: str) -> None:
+        """InvalidArgument for keys the hypervisor has no meaning for."""
+        ...
+
+
 def live_disk_driver(driver: HypervisorDriver, feature: Capability) -> LiveDiskDriver:
     """The driver as a LiveDiskDriver for `feature`, or NotSupported when it does not offer it."""
     if feature not in driver.capabilities or not isinstance(driver, LiveDiskDriver):

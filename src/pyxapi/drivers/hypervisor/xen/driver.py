@@ -50,7 +50,7 @@ from pyxapi.drivers.hypervisor.base import (
     StartError,
 )
 from pyxapi.drivers.hypervisor.events import EventHub, EventStream
-from pyxapi.drivers.hypervisor.xen import devices, domxml, xenstore
+from pyxapi.drivers.hypervisor.xen import console_ring, devices, domxml, xenstore
 from pyxapi.drivers.hypervisor.xen import host as xhost
 from pyxapi.drivers.hypervisor.xen.conn import LibvirtConnection, LifecycleEvent
 from pyxapi.drivers.hypervisor.xen.domain import XenDomain
@@ -259,6 +259,12 @@ class XenDriver:
 
     async def host_facts(self) -> HostFacts:
         return await self.conn.call(xhost.host_facts)
+
+    async def read_console_ring(self) -> str:  # HypervisorConsole
+        return await console_ring.read_console_ring()
+
+    async def send_debug_keys(self, keys: str) -> None:
+        await console_ring.send_debug_keys(keys)
 
     def read_host(self) -> tuple[HostFacts, xhost.Dom0]:
         """Blocking: the host's and dom0's facts, for the daemon's start-up wiring."""
