@@ -241,8 +241,6 @@ def test_dhcp_lease_is_kept(host: Host) -> None:
     """Renewed at half the lease time: a server that moved to another range hands out a new
     address, which reaches the bridge and the record; a lease that runs out takes the address
     away, and a server that comes back gives one again. Reconfiguring ends all that."""
-    if host.kind != "bridge":
-        pytest.skip("the lease keeping is the same code on both drivers; the bridge run covers it")
     x = host.x
     eth0 = pif(x, "eth0")
     server = wire_dhcp_server(host, "eth0", 50, 60, lease=8)

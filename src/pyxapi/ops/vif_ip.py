@@ -17,21 +17,16 @@ from __future__ import annotations
 from pyxapi.api.dispatch import Call, Handler
 from pyxapi.db.store import Record, Store
 from pyxapi.model.errors import ApiError
+from pyxapi.ops import vif_spec
 from pyxapi.ops.pif_ip import assert_valid_cidr, assert_valid_ip
 
 GUEST_FEATURE = "feature-static-ip-setting"
 
 
-def _effective_locking_mode(store: Store, vif: Record) -> str:
-    mode = str(vif["locking_mode"])
-    if mode == "network_default":
-        network = store.find("network", vif["network"])
-        return str(network["default_locking_mode"]) if network is not None else "unlocked"
-    return mode
-
-
-def _assert_lock_allows(store: Store, vif: dict, version: int, cidr: str) -> None:
-    if _effective_locking_mode(store, vif) != "locked":
+def _assert_lock_allows(store: Store, vif: Record, version: int, cidr: str) -> None:
+    network = vif_spec.network_of(store, vif)
+    mode = vif_spec.locking(vif, network).effective() if network is not None else vif["locking_mode"]
+    if mode != "locked":
         return
     address = cidr.partition("/")[0]
     if address not in vif[f"ipv{version}_allowed"]:

@@ -4,10 +4,10 @@ neither, so they go through xl, as the driver's vCPU times do."""
 
 from __future__ import annotations
 
-import asyncio
 import string
 
-from pyxapi.drivers.hypervisor.base import HypervisorError, InvalidArgument
+from pyxapi.drivers.hypervisor.base import InvalidArgument
+from pyxapi.drivers.hypervisor.xen.tools import run_tool, tool
 
 XL_TIMEOUT = 30.0
 DEBUG_KEYS = frozenset(string.ascii_letters + string.digits + string.punctuation) - {"-"}
@@ -16,18 +16,7 @@ option, and Xen has no debug key for it anyway."""
 
 
 async def _xl(*args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        "xl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), XL_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise HypervisorError(f"xl {args[0]} did not answer in {XL_TIMEOUT:.0f} s") from None
-    if proc.returncode != 0:
-        raise HypervisorError(f"xl {args[0]}: {err.decode(errors='replace').strip()}")
-    return out.decode(errors="replace")
+    return await run_tool(tool("xl", "xen-utils-4.17"), *args, timeout=XL_TIMEOUT)
 
 
 async def read_console_ring() -> str:

@@ -9,41 +9,16 @@ guest adds). This module reads them back as the driver's GuestAgentInfo.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import shutil
 
-from pyxapi.drivers.hypervisor.base import (
-    GuestAgentInfo,
-    GuestInterface,
-    HypervisorError,
-    HypervisorUnavailable,
-)
+from pyxapi.drivers.hypervisor.base import GuestAgentInfo, GuestInterface, HypervisorError
+from pyxapi.drivers.hypervisor.xen.tools import run_tool, tool
 
 _LINE = re.compile(r'^(/\S*) = "(.*)"\s*(?:\(.*\))?$')
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise HypervisorUnavailable(name, "xenstore-utils")
-    return path
-
-
-async def _run(*argv: str, timeout: float) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise HypervisorError(f"{argv[0]} timed out after {timeout:g}s") from None
-    if proc.returncode != 0:
-        raise HypervisorError(f"{' '.join(argv)}: {err.decode(errors='replace').strip()}")
-    return out.decode(errors="replace")
+    return tool(name, "xenstore-utils")
 
 
 def _unescape(value: str) -> str:
@@ -64,7 +39,7 @@ def parse_ls(text: str) -> dict[str, str]:
 async def read_tree(path: str, *, timeout: float = 10.0) -> dict[str, str]:
     """Every key under ``path`` (absolute paths); empty when the path does not exist."""
     try:
-        return parse_ls(await _run(_tool("xenstore-ls"), "-f", path, timeout=timeout))
+        return parse_ls(await run_tool(_tool("xenstore-ls"), "-f", path, timeout=timeout))
     except HypervisorError as e:
         if "No such file" in str(e) or "ENOENT" in str(e) or "could not read" in str(e).lower():
             return {}
@@ -72,7 +47,7 @@ async def read_tree(path: str, *, timeout: float = 10.0) -> dict[str, str]:
 
 
 async def write(path: str, value: str, *, timeout: float = 10.0) -> None:
-    await _run(_tool("xenstore-write"), path, value, timeout=timeout)
+    await run_tool(_tool("xenstore-write"), path, value, timeout=timeout)
 
 
 def guest_info(domid: int, tree: dict[str, str], macs: dict[int, str]) -> GuestAgentInfo | None:
